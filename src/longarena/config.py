@@ -1,0 +1,77 @@
+"""Typed dataclass configs that round-trip to plain dicts (JSON/YAML friendly)."""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from typing import Any, TypeVar
+
+C = TypeVar("C", bound="Config")
+
+
+class ConfigError(ValueError):
+    """A config value is missing, unknown or of the wrong type."""
+
+
+@dataclasses.dataclass
+class Config:
+    """Base for every component config: ``to_dict`` / ``from_dict`` and validation.
+
+    Subclasses are plain dataclasses; override ``validate`` to check ranges and say what
+    was expected.
+    """
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ``ConfigError`` for values out of range. Default: nothing to check."""
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, Config):
+                value = value.to_dict()
+            elif isinstance(value, tuple):
+                value = list(value)
+            out[f.name] = value
+        return out
+
+    @classmethod
+    def from_dict(cls: type[C], data: dict[str, Any]) -> C:
+        if not isinstance(data, dict):
+            raise ConfigError(f"{cls.__name__} expects a dict, got {type(data).__name__}")
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - set(fields))
+        if unknown:
+            raise ConfigError(
+                f"unknown field(s) {unknown} for {cls.__name__}; known fields: {sorted(fields)}"
+            )
+        hints = typing.get_type_hints(cls)
+        kwargs = {}
+        for name, value in data.items():
+            hint = hints.get(name)
+            if isinstance(hint, type) and issubclass(hint, Config) and isinstance(value, dict):
+                value = hint.from_dict(value)
+            elif typing.get_origin(hint) is tuple and isinstance(value, list):
+                value = tuple(value)
+            kwargs[name] = value
+        return cls(**kwargs)
+
+    def replace(self: C, **changes: Any) -> C:
+        return dataclasses.replace(self, **changes)
+
+
+def build_config(cls: type[C], config: C | dict[str, Any] | None, overrides: dict[str, Any]) -> C:
+    """Build ``cls`` from an existing config, a dict, or keyword overrides (or a mix)."""
+    if config is None:
+        base: dict[str, Any] = {}
+    elif isinstance(config, cls):
+        base = config.to_dict()
+    elif isinstance(config, dict):
+        base = dict(config)
+    else:
+        raise ConfigError(f"expected a {cls.__name__} or a dict, got {type(config).__name__}")
+    base.update(overrides)
+    return cls.from_dict(base)

@@ -1,0 +1,1 @@
+"""Long causal (and bidirectional) convolutions via FFT (S4, H3, Hyena, Mega's EMA)."""
