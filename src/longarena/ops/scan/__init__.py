@@ -1,1 +1,72 @@
-"""Diagonal and selective linear recurrences ``h_t = a_t * h_{t-1} + b_t`` (S5, Mamba, LRU)."""
+"""Diagonal linear recurrences ``h_t = a_t * h_{t-1} + b_t`` (S5, Mamba, LRU, RetNet-style decays).
+
+``linear_scan(a, b, h0=None, *, backend="auto") -> (h, h_last)``
+
+- ``a``: decays, broadcastable to ``b`` (same rank); ``b``: inputs ``(B, T, *S)`` where ``S``
+  is any trailing state shape. Real or complex. Time-varying or not (a ``T`` axis of size 1
+  broadcasts).
+- ``h0``: the state before ``t = 0``, broadcastable to ``(B, *S)``; ``None`` means zeros.
+- returns ``h: (B, T, *S)``, every state, and ``h_last: (B, *S)``, the state after the last
+  step, which is what a caller carries into the next chunk: scanning ``[x1, x2]`` at once
+  equals scanning ``x1``, then ``x2`` from ``h_last`` of the first.
+
+bf16/fp16 inputs are accumulated in fp32 and the results cast back to the input dtype.
+Gradients flow to ``a``, ``b`` and ``h0`` through plain autograd.
+
+Backends: ``"reference"`` (:mod:`.reference`, a Python loop over ``t``: the specification)
+and ``"chunked"`` (:mod:`.chunked`, two levels of chunks, about ``2 sqrt(T)`` Python steps,
+products only, no division). ``"auto"`` picks ``"chunked"``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from longarena.ops.scan.chunked import default_chunk, linear_scan_chunked
+from longarena.ops.scan.reference import linear_scan_reference
+
+BACKENDS = {"reference": linear_scan_reference, "chunked": linear_scan_chunked}
+
+__all__ = ["BACKENDS", "default_chunk", "linear_scan", "linear_scan_chunked", "linear_scan_reference"]
+
+
+def _check(a: Tensor, b: Tensor, h0: Tensor | None) -> None:
+    if b.dim() < 2:
+        raise ValueError(f"linear_scan expects b of shape (B, T, *S), got shape {tuple(b.shape)}")
+    if a.dim() != b.dim():
+        raise ValueError(
+            f"linear_scan expects a with the same rank as b (B, T, *S) = {tuple(b.shape)}, "
+            f"broadcastable to it; got a of shape {tuple(a.shape)}"
+        )
+    try:
+        full = torch.broadcast_shapes(a.shape, b.shape)
+    except RuntimeError:
+        full = None
+    if full != b.shape:
+        raise ValueError(f"linear_scan: a of shape {tuple(a.shape)} does not broadcast to b {tuple(b.shape)}")
+    if h0 is not None:
+        want = (b.shape[0], *b.shape[2:])
+        try:
+            ok = torch.broadcast_shapes(h0.shape, want) == want
+        except RuntimeError:
+            ok = False
+        if not ok:
+            raise ValueError(f"linear_scan expects h0 broadcastable to (B, *S) = {want}, got {tuple(h0.shape)}")
+
+
+def linear_scan(
+    a: Tensor, b: Tensor, h0: Tensor | None = None, *, backend: str = "auto", chunk_size: int | None = None
+) -> tuple[Tensor, Tensor]:
+    """``h_t = a_t * h_{t-1} + b_t`` over ``t`` of ``b: (B, T, *S)``; see the module docstring.
+
+    ``chunk_size`` (chunked backend only) overrides the default ``C ~ sqrt(T)``.
+    """
+    _check(a, b, h0)
+    if backend == "auto":
+        backend = "chunked"
+    if backend == "reference":
+        return linear_scan_reference(a, b, h0)
+    if backend == "chunked":
+        return linear_scan_chunked(a, b, h0, chunk_size=chunk_size)
+    raise ValueError(f"unknown linear_scan backend {backend!r}; known: {sorted(BACKENDS)} or 'auto'")

@@ -1,0 +1,120 @@
+"""linear_scan: chunked path against the loop reference (outputs, states, gradients), state carry."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from longarena.ops.scan import linear_scan
+from longarena.testing.conformance import rel_error
+
+TOL = {torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.complex64: 1e-5}
+
+
+def _inputs(shape, dtype, seed=0, a_shape=None):
+    g = torch.Generator().manual_seed(seed)
+    a_shape = a_shape or shape
+    if dtype.is_complex:
+        mag = torch.rand(a_shape, generator=g)
+        phase = torch.rand(a_shape, generator=g) * 6.28
+        a = torch.polar(mag, phase)
+        b = torch.complex(torch.randn(shape, generator=g), torch.randn(shape, generator=g))
+        h0 = torch.complex(torch.randn(shape[:1] + shape[2:], generator=g), torch.randn(shape[:1] + shape[2:], generator=g))
+    else:
+        # decays in (-1, 1), including values near zero and negative ones
+        a = (torch.rand(a_shape, generator=g) * 2 - 1).to(dtype)
+        b = torch.randn(shape, generator=g).to(dtype)
+        h0 = torch.randn(shape[:1] + shape[2:], generator=g).to(dtype)
+    return a, b, h0
+
+
+def _run(backend, a, b, h0, **kw):
+    a, b = a.detach().clone().requires_grad_(), b.detach().clone().requires_grad_()
+    h0 = None if h0 is None else h0.detach().clone().requires_grad_()
+    h, h_last = linear_scan(a, b, h0, backend=backend, **kw)
+    g = torch.Generator().manual_seed(9)
+    w = torch.randn(h.shape, generator=g, dtype=torch.float32)
+    w_last = torch.randn(h_last.shape, generator=g, dtype=torch.float32)
+    loss = (torch.view_as_real(h).float().sum(-1) if h.is_complex() else h.float()).mul(w).sum()
+    loss = loss + (torch.view_as_real(h_last).float().sum(-1) if h.is_complex() else h_last.float()).mul(w_last).sum()
+    loss.backward()
+    grads = [a.grad, b.grad] + ([] if h0 is None else [h0.grad])
+    return h.detach(), h_last.detach(), grads
+
+
+def _real(t):
+    return torch.view_as_real(t) if t.is_complex() else t
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.complex64], ids=str)
+@pytest.mark.parametrize("with_h0", [False, True])
+@pytest.mark.parametrize("chunk", [None, 1, 4, 50])
+def test_chunked_matches_reference(dtype, with_h0, chunk):
+    a, b, h0 = _inputs((2, 37, 3, 2), dtype)
+    h0 = h0 if with_h0 else None
+    ref_dtype = dtype if dtype.is_complex else torch.float32
+    # the fp32 reference of the same numbers is the truth, also for bf16 inputs
+    ref = _run("reference", a.to(ref_dtype), b.to(ref_dtype), None if h0 is None else h0.to(ref_dtype))
+    out = _run("chunked", a, b, h0, chunk_size=chunk)
+    assert out[0].dtype == dtype and out[1].dtype == dtype
+    for x, y in zip([out[0], out[1], *out[2]], [ref[0], ref[1], *ref[2]]):
+        assert rel_error(_real(x), _real(y)) < TOL[dtype]
+
+
+def test_reference_matches_explicit_sum():
+    """h_t = sum_s (prod_{r=s+1}^t a_r) b_s + (prod_{r<=t} a_r) h0, written out."""
+    a, b, h0 = _inputs((1, 6, 2), torch.float64)
+    h, h_last = linear_scan(a, b, h0, backend="reference")
+    for t in range(6):
+        expected = torch.prod(a[:, : t + 1], dim=1) * h0
+        for s in range(t + 1):
+            expected = expected + torch.prod(a[:, s + 1 : t + 1], dim=1) * b[:, s]
+        torch.testing.assert_close(h[:, t], expected)
+    torch.testing.assert_close(h_last, h[:, -1])
+
+
+@pytest.mark.parametrize("backend", ["reference", "chunked"])
+def test_two_pieces_with_carried_state_equal_one_scan(backend):
+    a, b, h0 = _inputs((2, 29, 5), torch.float32, seed=3)
+    h, h_last = linear_scan(a, b, h0, backend=backend)
+    h1, mid = linear_scan(a[:, :11], b[:, :11], h0, backend=backend)
+    h2, end = linear_scan(a[:, 11:], b[:, 11:], mid, backend=backend)
+    torch.testing.assert_close(torch.cat((h1, h2), 1), h, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(end, h_last, rtol=1e-5, atol=1e-6)
+
+
+def test_broadcast_decay_and_zero_decays_are_safe():
+    """A time-invariant decay (T axis of size 1) broadcasts; exact zeros reset the state."""
+    g = torch.Generator().manual_seed(1)
+    b = torch.randn(2, 40, 3, 4, generator=g)
+    a = torch.rand(1, 1, 3, 1, generator=g)
+    torch.testing.assert_close(
+        linear_scan(a, b, backend="chunked", chunk_size=6)[0], linear_scan(a, b, backend="reference")[0]
+    )
+    a0 = torch.rand(2, 40, 3, 4, generator=g) * 1e-30
+    a0[:, ::3] = 0.0
+    h, _ = linear_scan(a0, b, backend="chunked", chunk_size=7)
+    assert torch.isfinite(h).all()
+    torch.testing.assert_close(h, linear_scan(a0, b, backend="reference")[0])
+    torch.testing.assert_close(h[:, ::3], b[:, ::3])
+
+
+def test_empty_sequence_returns_initial_state():
+    b = torch.zeros(2, 0, 3)
+    h0 = torch.randn(2, 3)
+    for backend in ("reference", "chunked"):
+        h, h_last = linear_scan(b, b, h0, backend=backend)
+        assert h.shape == (2, 0, 3)
+        torch.testing.assert_close(h_last, h0)
+
+
+def test_bad_inputs_say_what_was_expected():
+    b = torch.randn(2, 5, 3)
+    with pytest.raises(ValueError, match="same rank"):
+        linear_scan(torch.rand(5, 3), b)
+    with pytest.raises(ValueError, match="does not broadcast"):
+        linear_scan(torch.rand(2, 5, 4), b)
+    with pytest.raises(ValueError, match=r"h0 broadcastable to \(B, \*S\)"):
+        linear_scan(torch.rand(2, 5, 3), b, torch.zeros(2, 4))
+    with pytest.raises(ValueError, match="unknown linear_scan backend"):
+        linear_scan(torch.rand(2, 5, 3), b, backend="cuda")
