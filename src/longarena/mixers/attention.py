@@ -102,7 +102,7 @@ class Attention(Mixer):
                 new = mask if mask is not None else x.new_ones(b, t, dtype=torch.bool)
                 key_mask = torch.cat((old, new), dim=1)
         k_pos = torch.arange(k.shape[2], device=x.device)
-        bias = self.position.bias(pos, k_pos)
+        bias = self.position.score_bias(q, k, pos, k_pos)
 
         backend = self.resolve_backend(x.device)
         y = attention(q, k, v, causal=self.causal, backend=backend, bias=bias, key_mask=key_mask)  # (B, H, T, K)

@@ -5,6 +5,9 @@ queries/keys (RoPE family) or add a bias to attention scores (ALiBi, T5). Attent
 mixers take a scheme by name (``position="rope"``) plus its parameters. Schemes register
 with ``@register(name)``; ``names()`` lists them and ``get(name, head_dim=, n_heads=, ...)``
 builds one.
+
+``extend(model, method, factor, **params)`` patches a trained RoPE model (Hugging Face or
+LongArena) to a longer context; ``extend_checkpoint`` does it folder to folder.
 """
 
 from __future__ import annotations
@@ -18,7 +21,16 @@ from longarena.registry import Registry
 
 REGISTRY: Registry[type[PositionScheme]] = Registry("position scheme", package=__name__)
 
-__all__ = ["PositionConfig", "PositionScheme", "get", "names", "register", "summaries"]
+__all__ = [
+    "PositionConfig",
+    "PositionScheme",
+    "extend",
+    "extend_checkpoint",
+    "get",
+    "names",
+    "register",
+    "summaries",
+]
 
 
 def register(name: str) -> Callable[[type[PositionScheme]], type[PositionScheme]]:
@@ -37,3 +49,9 @@ def get(name: str, *, config: dict[str, Any] | None = None, **overrides: Any) ->
     """Build scheme ``name``; ``head_dim`` / ``n_heads`` come from the mixer using it."""
     cls = REGISTRY.factory(name)
     return cls(build_config(cls.config_class, config, overrides))
+
+
+# last: extend.py imports schemes that register themselves through ``register`` above. The
+# function ``extend`` deliberately shadows the submodule of the same name as a package
+# attribute; import the module's other names with ``from longarena.positions.extend import ...``.
+from longarena.positions.extend import extend, extend_checkpoint  # noqa: E402

@@ -1,12 +1,32 @@
-"""The position-scheme interface attention-like mixers call."""
+"""The position-scheme interface attention-like mixers and models call.
+
+A scheme tells an attention layer where tokens are, in one (or more) of four ways:
+
+- ``rotate(x, positions)``: rotate queries and keys (RoPE and its scalings);
+- ``bias(q_pos, k_pos)``: an additive score bias that depends on positions only (ALiBi, T5);
+- ``score_bias(q, k, q_pos, k_pos)``: an additive score bias that may also read the
+  queries and keys (Transformer-XL); the default is ``bias(q_pos, k_pos)``;
+- ``embed(positions, d_model)``: an absolute embedding the *model* adds to its token
+  embeddings (sinusoidal). Schemes that do this set ``absolute = True``; an attention
+  layer adds nothing for them.
+
+Every method takes explicit integer position ids, so KV caches, chunked prefill, offset
+and packed sequences all work: a key is rotated once, at its own position, when it is
+written to the cache.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
+from typing import ClassVar
 
 from torch import Tensor, nn
 
 from longarena.config import Config, ConfigError
+
+#: ``score_mod(score, b, h, q_idx, kv_idx) -> score`` as torch's ``flex_attention`` takes it
+ScoreMod = Callable[[Tensor, Tensor, Tensor, Tensor, Tensor], Tensor]
 
 
 @dataclasses.dataclass
@@ -22,15 +42,11 @@ class PositionConfig(Config):
 
 
 class PositionScheme(nn.Module):
-    """How an attention layer learns where tokens are.
+    """How an attention layer learns where tokens are (see the module docstring)."""
 
-    A scheme may rotate queries and keys (``rotate``, RoPE-like) and/or add a bias to the
-    attention scores (``bias``, ALiBi/T5-like). Positions are absolute token indices, so a
-    KV cache, chunked prefill and packed sequences all work: keys are rotated once, at
-    their own positions, when they are written to the cache.
-    """
-
-    config_class: type[PositionConfig] = PositionConfig
+    config_class: ClassVar[type[PositionConfig]] = PositionConfig
+    #: True for schemes the model adds to its inputs through ``embed`` (attention adds nothing)
+    absolute: ClassVar[bool] = False
 
     def __init__(self, config: PositionConfig) -> None:
         super().__init__()
@@ -41,5 +57,29 @@ class PositionScheme(nn.Module):
         return x
 
     def bias(self, q_pos: Tensor, k_pos: Tensor) -> Tensor | None:
-        """Additive score bias broadcastable to (B, H, Tq, Tk), or None."""
+        """Additive score bias broadcastable to (B, H, Tq, Tk), or None.
+
+        q_pos: (Tq,) or (B, Tq); k_pos: (Tk,) or (B, Tk) integer positions. The bias is
+        added to the *scaled* scores ``q.k / sqrt(K)``.
+        """
+        return None
+
+    def score_bias(self, q: Tensor, k: Tensor, q_pos: Tensor, k_pos: Tensor) -> Tensor | None:
+        """Additive score bias that may depend on content: q (B, H, Tq, K), k (B, Hkv, Tk, K).
+
+        Returns a tensor broadcastable to (B, H, Tq, Tk) in units of the scaled scores, or
+        None. Schemes whose bias depends on positions only keep this default.
+        """
+        return self.bias(q_pos, k_pos)
+
+    def score_mod(self, q_pos: Tensor, k_pos: Tensor) -> ScoreMod | None:
+        """The ``bias`` as a ``flex_attention`` score modification, or None if there is none.
+
+        q_pos: (Tq,), k_pos: (Tk,) map flex's query/key indices to positions, so offsets
+        (a KV cache) and packed sequences keep their true positions.
+        """
+        return None
+
+    def embed(self, positions: Tensor, d_model: int) -> Tensor | None:
+        """Absolute embedding (..., T, D) a model adds to its inputs, or None (not absolute)."""
         return None
