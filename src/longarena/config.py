@@ -28,15 +28,7 @@ class Config:
         """Raise ``ConfigError`` for values out of range. Default: nothing to check."""
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, Config):
-                value = value.to_dict()
-            elif isinstance(value, tuple):
-                value = list(value)
-            out[f.name] = value
-        return out
+        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
     @classmethod
     def from_dict(cls: type[C], data: dict[str, Any]) -> C:
@@ -54,13 +46,27 @@ class Config:
             hint = hints.get(name)
             if isinstance(hint, type) and issubclass(hint, Config) and isinstance(value, dict):
                 value = hint.from_dict(value)
-            elif typing.get_origin(hint) is tuple and isinstance(value, list):
+            elif typing.get_origin(hint) is tuple and isinstance(value, (list, tuple)):
+                item = (typing.get_args(hint) or (None,))[0]
+                if isinstance(item, type) and issubclass(item, Config):
+                    value = [item.from_dict(v) if isinstance(v, dict) else v for v in value]
                 value = tuple(value)
             kwargs[name] = value
         return cls(**kwargs)
 
     def replace(self: C, **changes: Any) -> C:
         return dataclasses.replace(self, **changes)
+
+
+def _plain(value: Any) -> Any:
+    """Configs, tuples and containers of them as JSON-ready dicts and lists."""
+    if isinstance(value, Config):
+        return value.to_dict()
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
 
 
 def build_config(cls: type[C], config: C | dict[str, Any] | None, overrides: dict[str, Any]) -> C:

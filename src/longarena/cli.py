@@ -1,0 +1,158 @@
+"""The ``longarena`` command: a thin layer over the library."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+import longarena
+
+app = typer.Typer(
+    name="longarena",
+    help="Long-context sequence models under one interface: train, compare, benchmark, evaluate.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+
+
+def _parse_value(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _parse_pairs(pairs: list[str] | None, what: str) -> dict:
+    """``["a=1", "b.c=x"]`` -> ``{"a": 1, "b": {"c": "x"}}``."""
+    out: dict = {}
+    for pair in pairs or []:
+        if "=" not in pair:
+            raise typer.BadParameter(f"{what} entries look like key=value, got {pair!r}")
+        key, value = pair.split("=", 1)
+        node = out
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = _parse_value(value)
+    return out
+
+
+def _fail(message: str) -> None:
+    console.print(f"[red]error:[/red] {message}")
+    raise typer.Exit(2)
+
+
+@app.command()
+def version() -> None:
+    """Print the LongArena version."""
+    console.print(f"longarena {longarena.__version__}")
+
+
+@app.command("list")
+def list_components(
+    kind: Annotated[Optional[str], typer.Argument(help="mixers, models, positions, tasks or suites (default: all)")] = None,
+) -> None:
+    """List registered mixers, models, position schemes, tasks and arena suites."""
+    from longarena import mixers, models, positions, tasks
+    from longarena.arena.suites import SUITES, get_suite
+
+    sections = {
+        "mixers": mixers.summaries,
+        "models": models.summaries,
+        "positions": positions.summaries,
+        "tasks": tasks.summaries,
+        "suites": lambda: {name: get_suite(name).description for name in SUITES},
+    }
+    if kind is not None and kind not in sections:
+        _fail(f"unknown kind {kind!r}; expected one of: {', '.join(sections)}")
+    for name, summaries in sections.items():
+        if kind is not None and name != kind:
+            continue
+        table = Table(title=name, show_header=False, title_justify="left")
+        table.add_column("name", style="bold cyan")
+        table.add_column("description")
+        for entry, text in summaries().items():
+            table.add_row(entry, text)
+        console.print(table)
+
+
+@app.command()
+def train(
+    task: Annotated[str, typer.Option(help="task name (longarena list tasks)")] = "associative_recall",
+    pattern: Annotated[str, typer.Option(help="comma-separated mixer names, cycled over the layers, e.g. mamba,attention")] = "attention",
+    d_model: Annotated[int, typer.Option(help="model width")] = 64,
+    layers: Annotated[int, typer.Option(help="number of layers")] = 2,
+    steps: Annotated[int, typer.Option(help="optimizer steps")] = 200,
+    batch_size: Annotated[int, typer.Option(help="sequences per batch")] = 32,
+    lr: Annotated[float, typer.Option(help="peak learning rate")] = 3e-3,
+    seed: Annotated[int, typer.Option(help="random seed")] = 0,
+    device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
+    task_config: Annotated[Optional[list[str]], typer.Option("--task-config", help="task field, key=value (repeatable)")] = None,
+    mixer_config: Annotated[Optional[list[str]], typer.Option("--mixer-config", help="mixer field, name.key=value (repeatable)")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="save the trained model (safetensors + config.json) here")] = None,
+) -> None:
+    """Train a model built from a mixer pattern on a task and report validation metrics."""
+    from longarena import tasks as tasks_mod
+    from longarena.models import checkpoint
+    from longarena.models.backbone import ModelConfig
+    from longarena.train import TrainConfig, model_for_task
+    from longarena.train import train as run_train
+
+    try:
+        t = tasks_mod.get(task, **_parse_pairs(task_config, "--task-config"))
+        names = tuple(p.strip() for p in pattern.split(",") if p.strip())
+        config = ModelConfig(d_model=d_model, n_layers=layers, pattern=names, mixer=_parse_pairs(mixer_config, "--mixer-config"))
+        model = model_for_task(t, config)
+        tconfig = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed, device=device)
+    except (KeyError, ValueError) as exc:
+        _fail(str(exc))
+    result = run_train(model, t, tconfig, progress=True, description=f"{task}/{pattern}")
+    console.print(
+        f"{task} with {list(names)}: validation accuracy {result.final['accuracy']:.3f}, "
+        f"loss {result.final['loss']:.3f} ({result.parameters:,} parameters, {result.seconds:.1f}s)"
+    )
+    if out is not None:
+        checkpoint.save(model, out, extra={"task": task, "task_config": t.config.to_dict()})
+        console.print(f"saved to {out}")
+
+
+@app.command()
+def arena(
+    suite: Annotated[str, typer.Option(help="suite name (longarena list suites)")] = "quick",
+    out: Annotated[Path, typer.Option(help="report folder")] = Path("runs/arena"),
+    only: Annotated[Optional[str], typer.Option(help="comma-separated mixers to run (default: all)")] = None,
+) -> None:
+    """Run a controlled comparison: every mixer, same shape, data and budget; writes a report."""
+    from longarena.arena import get_suite, run_suite
+    from longarena.arena.runner import results_table
+
+    try:
+        s = get_suite(suite)
+    except ValueError as exc:
+        _fail(str(exc))
+    console.print(f"[bold]arena[/bold] suite {s.name!r}: {s.description}")
+    selected = [n.strip() for n in only.split(",")] if only else None
+    results = run_suite(s, out, progress=True, only=selected, console=console)
+    rows = results_table(results)
+    table = Table(title=f"suite {s.name}", title_justify="left")
+    for head in rows[0]:
+        table.add_column(head, justify="right" if head not in ("task", "mixer") else "left")
+    for row in rows[1:]:
+        table.add_row(*row)
+    console.print(table)
+    console.print(f"report: {out / 'report.md'}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,158 @@
+"""The backbone and its heads: learning, cached decoding, hybrids, checkpoints, errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from longarena import mixers, models
+from longarena.config import ConfigError
+from longarena.models import checkpoint
+from longarena.models.backbone import ModelConfig
+from longarena.models.checkpoint import CheckpointError
+
+
+def tiny_lm(**overrides):
+    config = dict(vocab_size=32, d_model=32, n_layers=2, mixer={"attention": {"n_heads": 2}})
+    config.update(overrides)
+    torch.manual_seed(0)
+    return models.get("lm", **config)
+
+
+def test_two_layer_attention_lm_overfits_a_fixed_batch():
+    model = tiny_lm()
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, 32, (4, 24), generator=g)
+    inputs, labels = ids[:, :-1], ids[:, 1:]
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    first = None
+    for _ in range(150):
+        loss = model(inputs, labels=labels).loss
+        first = first if first is not None else loss.item()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert first > 3.0  # near log(32) at initialisation
+    assert loss.item() < 0.1
+
+
+def test_classifier_learns_a_toy_task():
+    """Label = whether token 1 occurs in the sequence: a linear probe of mean pooling cannot
+    be perfect at init, a trained classifier must be."""
+    torch.manual_seed(0)
+    model = models.get("classifier", vocab_size=4, d_model=32, n_layers=1, num_classes=2, mixer={"attention": {"n_heads": 2, "causal": False}})
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(2, 4, (256, 12), generator=g)
+    has = torch.rand(256, generator=g) < 0.5
+    ids[has, torch.randint(0, 12, (int(has.sum()),), generator=g)] = 1
+    labels = has.long()
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(150):
+        loss = model(ids, labels=labels).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    acc = (model(ids).logits.argmax(-1) == labels).float().mean().item()
+    assert acc > 0.95
+
+
+def test_generate_with_cache_equals_full_recomputation():
+    model = tiny_lm().eval()
+    prompt = torch.randint(0, 32, (3, 7), generator=torch.Generator().manual_seed(2))
+    fast = model.generate(prompt, 12)
+    ids = prompt
+    with torch.no_grad():
+        for _ in range(12):
+            nxt = model(ids).logits[:, -1].argmax(-1, keepdim=True)
+            ids = torch.cat([ids, nxt], dim=1)
+    assert torch.equal(fast, ids)
+
+
+def test_generate_stops_at_eos():
+    model = tiny_lm().eval()
+    prompt = torch.randint(0, 32, (2, 5), generator=torch.Generator().manual_seed(3))
+    first = model.generate(prompt, 1)[:, -1]
+    out = model.generate(prompt, 10, eos_id=int(first[0]))
+    assert out.shape[1] <= 15 and int(out[0, 5]) == int(first[0])
+
+
+def test_hybrid_pattern_builds_one_mixer_per_layer():
+    config = ModelConfig(d_model=32, n_layers=4, pattern=("attention", "attention"),
+                         mixer={"attention": {"n_heads": 2}})
+    assert config.layer_mixers() == ["attention"] * 4
+    model = models.get("lm", config=config)
+    assert len(model.backbone.layers) == 4
+    assert model.state_size(10) == sum(layer.mixer.state_size(10) for layer in model.backbone.layers)
+
+
+def test_chunked_prefill_through_the_model_equals_full_forward():
+    model = tiny_lm().eval()
+    ids = torch.randint(0, 32, (2, 20), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        full = model(ids).logits
+        a = model(ids[:, :8])
+        b = model(ids[:, 8:], state=a.state)
+    torch.testing.assert_close(torch.cat([a.logits, b.logits], 1), full, rtol=1e-4, atol=1e-5)
+
+
+def test_dual_encoder_output_shape_and_symmetric_inputs():
+    model = models.get("dual_encoder", vocab_size=10, d_model=16, n_layers=1, num_classes=2,
+                       mixer={"attention": {"n_heads": 2, "causal": False}})
+    a = torch.randint(0, 10, (3, 9))
+    out = model(a, a, labels=torch.tensor([0, 1, 1]))
+    assert out.logits.shape == (3, 2) and out.loss.ndim == 0
+
+
+def test_checkpoint_round_trip_is_exact(tmp_path):
+    model = tiny_lm()
+    checkpoint.save(model, tmp_path / "ck")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]  # no temp folders left behind
+    loaded = checkpoint.load(tmp_path / "ck", expect="lm")
+    ids = torch.randint(0, 32, (2, 6))
+    assert torch.equal(model(ids).logits, loaded(ids).logits)
+
+
+def test_checkpoint_with_mismatched_config_is_refused(tmp_path):
+    checkpoint.save(tiny_lm(), tmp_path / "ck")
+    meta = json.loads((tmp_path / "ck" / "config.json").read_text())
+    meta["config"]["d_model"] = 64
+    meta["config"]["mixer"]["attention"]["n_heads"] = 4
+    (tmp_path / "ck" / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="checkpoint has .*config expects"):
+        checkpoint.load(tmp_path / "ck")
+    with pytest.raises(CheckpointError, match="missing config.json"):
+        checkpoint.load(tmp_path / "nothing")
+    with pytest.raises(CheckpointError, match="expected 'classifier'"):
+        checkpoint.save(tiny_lm(), tmp_path / "ck2")
+        checkpoint.load(tmp_path / "ck2", expect="classifier")
+
+
+class _NonCausal(mixers.Mixer):
+    """Stand-in non-causal mixer for the error test."""
+
+    causal = False
+
+    def _forward(self, x, state, mask):
+        return x.mean(1, keepdim=True).expand_as(x), None
+
+
+def test_bad_model_configs_and_inputs_are_explained(monkeypatch):
+    with pytest.raises(ConfigError, match="known mixers: .*attention"):
+        ModelConfig(pattern=("mambo",))
+    with pytest.raises(ConfigError, match="multiple of the pattern length"):
+        ModelConfig(n_layers=3, pattern=("attention", "attention"))
+    with pytest.raises(ConfigError, match="non-causal"):
+        models.get("lm", d_model=32, mixer={"attention": {"causal": False}})
+    monkeypatch.setitem(mixers.REGISTRY._entries, "noncausal_test", (_NonCausal, "test"))
+    with pytest.raises(ConfigError, match="'noncausal_test' \\(layer 0\\).* are non-causal"):
+        models.get("lm", d_model=32, pattern=("noncausal_test",))
+    model = tiny_lm()
+    with pytest.raises(ValueError, match=r"shape \(B, T\)"):
+        model(torch.randint(0, 32, (5,)))
+    with pytest.raises(ValueError, match="outside the vocabulary 0..31"):
+        model(torch.tensor([[1, 40]]))
+    state = model(torch.randint(0, 32, (2, 4))).state
+    with pytest.raises(mixers.MixerInputError, match="batch size 2"):
+        model(torch.randint(0, 32, (3, 4)), state=state)
