@@ -1,0 +1,138 @@
+"""A time-invariant diagonal state space model, run as a recurrence or as a long convolution.
+
+Per channel d and state index n, with decay ``a = exp(log_a): (D, N)`` (real or complex,
+``|a| < 1``), input weight ``b: (D, N)`` and output weight ``c: (D, N)``::
+
+    h_t = a * h_{t-1} + b * u_t           h: (B, D, N)
+    y_t = Re sum_n c_n h_{t, n}           y: (B, T, D)
+
+Unrolled, ``y = k * u + carry`` with the kernel ``k[d, s] = Re sum_n c b a^s`` and the
+carry-in term ``carry_t = Re sum_n c a^(t+1) h_{-1}``: Mega's damped EMA (real ``a``)
+and the diagonal SSM of H3 (complex ``a``) are both this. Two modes compute it:
+
+- ``"scan"``: the recurrence through :func:`longarena.ops.scan.linear_scan`; memory
+  O(T D N);
+- ``"conv"``: the kernel through :func:`longarena.ops.conv.long_conv` (its FFT backend:
+  O(T log T)), with the carry-in term and the final state as direct sums over time.
+  Powers ``a^s`` are formed as ``exp(s log a)`` (no compounding rounding) in blocks of
+  :data:`BLOCK` steps, so memory stays O(T D + BLOCK D N) instead of O(T D N).
+
+Both return ``(y, h_last)``; sums run in float32 (complex64 for complex ``a``) whatever the
+input dtype, ``y`` comes back in the input dtype and ``h_last`` in the working dtype.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from longarena.ops.conv import long_conv
+from longarena.ops.scan import linear_scan
+
+__all__ = ["BLOCK", "DIRECT_MAX_LEN", "conv_backend", "diagonal_ssm", "diagonal_ssm_kernel", "diagonal_ssm_step"]
+
+#: time steps per block when powers of ``a`` are materialised
+BLOCK = 1024
+#: sequences up to this length are convolved directly rather than through the FFT
+DIRECT_MAX_LEN = 64
+
+
+def conv_backend(mixer_backend: str, length: int) -> str:
+    """The :func:`long_conv` backend for a mixer path over ``length`` tokens.
+
+    Mixers built on long convolutions offer ``"reference"`` (direct), ``"fft"`` (always
+    FFT) and ``"conv"``: FFT above :data:`DIRECT_MAX_LEN` tokens, direct below, where the
+    direct sum is cheaper and, unlike the FFT, exactly causal (the FFT's rounding gives
+    every output a ~1e-8 dependence on later inputs).
+    """
+    if mixer_backend == "conv":
+        return "fft" if length > DIRECT_MAX_LEN else "reference"
+    if mixer_backend in ("reference", "fft"):
+        return mixer_backend
+    raise ValueError(f"unknown long-convolution path {mixer_backend!r}; known: 'reference', 'fft', 'conv'")
+
+
+def _work_dtype(log_a: Tensor) -> torch.dtype:
+    return torch.complex64 if log_a.is_complex() else torch.float32
+
+
+def _powers(log_a: Tensor, exponents: Tensor) -> Tensor:
+    """``a^e`` for ``log_a: (D, N)`` and integer ``exponents: (L,)`` -> (D, N, L)."""
+    return torch.exp(log_a[..., None] * exponents.to(log_a.real.dtype))
+
+
+def diagonal_ssm_kernel(log_a: Tensor, b: Tensor, c: Tensor, length: int) -> Tensor:
+    """The convolution kernel ``k[d, s] = Re sum_n c b a^s`` for s < length: (D, length) float32."""
+    work = _work_dtype(log_a)
+    log_a, cb = log_a.to(work), (c * b).to(work)
+    blocks = []
+    for start in range(0, length, BLOCK):
+        s = torch.arange(start, min(start + BLOCK, length), device=log_a.device)
+        blocks.append(torch.einsum("dn,dnl->dl", cb, _powers(log_a, s)).real)
+    if not blocks:
+        return log_a.new_zeros(log_a.shape[0], 0, dtype=torch.float32)
+    return torch.cat(blocks, dim=-1)
+
+
+def _check(u: Tensor, log_a: Tensor, b: Tensor, c: Tensor, h0: Tensor | None) -> None:
+    if u.dim() != 3:
+        raise ValueError(f"diagonal_ssm expects u of shape (B, T, D), got {tuple(u.shape)}")
+    d = u.shape[-1]
+    if log_a.dim() != 2 or log_a.shape[0] != d or b.shape != log_a.shape or c.shape != log_a.shape:
+        raise ValueError(
+            f"diagonal_ssm expects log_a, b, c of shape (D, N) with D = {d}; got "
+            f"{tuple(log_a.shape)}, {tuple(b.shape)}, {tuple(c.shape)}"
+        )
+    if h0 is not None and h0.shape != (u.shape[0], *log_a.shape):
+        raise ValueError(f"diagonal_ssm state must have shape (B, D, N) = {(u.shape[0], *log_a.shape)}, got {tuple(h0.shape)}")
+
+
+def diagonal_ssm(
+    u: Tensor,
+    log_a: Tensor,
+    b: Tensor,
+    c: Tensor,
+    h0: Tensor | None = None,
+    *,
+    mode: str = "conv",
+    backend: str = "auto",
+) -> tuple[Tensor, Tensor]:
+    """Run the SSM of the module docstring over ``u: (B, T, D)``. Returns ``(y: (B, T, D), h_last: (B, D, N))``.
+
+    ``mode``: ``"scan"`` (the recurrence) or ``"conv"``; ``backend`` is handed to
+    :func:`linear_scan` (scan mode) or :func:`long_conv` (conv mode).
+    """
+    _check(u, log_a, b, c, h0)
+    work = _work_dtype(log_a)
+    bsz, t, _ = u.shape
+    log_a, b, c = log_a.to(work), b.to(work), c.to(work)
+    uf = u.float()
+    if mode == "scan":
+        a = torch.exp(log_a)[None, None]  # (1, 1, D, N)
+        h0 = None if h0 is None else h0.to(work)
+        h, h_last = linear_scan(a, uf[..., None] * b, h0, backend=backend)  # (B, T, D, N)
+        y = torch.einsum("btdn,dn->btd", h, c).real
+        return y.to(u.dtype), h_last
+    if mode != "conv":
+        raise ValueError(f"unknown diagonal_ssm mode {mode!r}; known: 'scan', 'conv'")
+    y = long_conv(uf, diagonal_ssm_kernel(log_a, b, c, t), causal=True, backend=backend)
+    h_last = (h0.to(work) * torch.exp(t * log_a)) if h0 is not None else u.new_zeros(bsz, *log_a.shape, dtype=work)
+    carry = []
+    for start in range(0, t, BLOCK):
+        s = torch.arange(start, min(start + BLOCK, t), device=u.device)
+        # the state after the chunk gathers every input, decayed by a^(T-1-s)
+        ub = uf[:, start : start + s.numel()].to(work)  # (B, L, D)
+        h_last = h_last + torch.einsum("bld,dnl->bdn", ub, b[..., None] * _powers(log_a, t - 1 - s))
+        if h0 is not None:
+            carry.append(torch.einsum("bdn,dnl->bld", h0.to(work) * c, _powers(log_a, s + 1)).real)
+    if carry:
+        y = y + torch.cat(carry, dim=1)
+    return y.to(u.dtype), h_last
+
+
+def diagonal_ssm_step(u_t: Tensor, log_a: Tensor, b: Tensor, c: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
+    """One step: ``u_t: (B, D)``, ``h: (B, D, N)`` -> ``(y_t: (B, D), h)``. O(1) in T."""
+    work = _work_dtype(log_a)
+    h = torch.exp(log_a.to(work)) * h.to(work) + u_t.float()[..., None] * b.to(work)
+    y = torch.einsum("bdn,dn->bd", h, c.to(work)).real
+    return y.to(u_t.dtype), h
