@@ -23,12 +23,13 @@ def _run(backend, u, k, causal):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("causal", [True, False], ids=["causal", "two-sided"])
 @pytest.mark.parametrize("t_len,l_len", [(33, 33), (33, 5), (20, 64), (1, 3)])
-def test_fft_matches_reference(dtype, causal, t_len, l_len):
+@pytest.mark.parametrize("backend", ["fft", "direct"])
+def test_fast_paths_match_reference(backend, dtype, causal, t_len, l_len):
     g = torch.Generator().manual_seed(t_len * 100 + l_len)
     u = torch.randn(2, t_len, 3, generator=g)
     k = torch.randn(3, l_len if causal else 2 * l_len - 1, generator=g) / l_len**0.5
     ref = _run("reference", u, k, causal)
-    out = _run("fft", u.to(dtype), k.to(dtype), causal)
+    out = _run(backend, u.to(dtype), k.to(dtype), causal)
     assert out[0].dtype == dtype
     for x, y in zip(out, ref):
         assert rel_error(x, y) < TOL[dtype]
@@ -56,6 +57,14 @@ def test_no_circular_wrap_at_long_lengths():
     y = long_conv(u, k, backend="fft")
     assert y[0, :-1].abs().max() < 1e-5
     assert abs(y[0, -1, 0].item() - 1.0) < 1e-5
+
+
+def test_direct_path_is_exactly_causal_and_auto_uses_it_for_short_kernels():
+    u = torch.randn(1, 40, 2, requires_grad=True)
+    y = long_conv(u, torch.randn(2, 40))  # auto: 40 taps -> direct
+    y[0, 10].sum().backward()
+    assert u.grad[0, 11:].abs().max() == 0.0
+    assert u.grad[0, :11].abs().max() > 0.0
 
 
 def test_bad_inputs_say_what_was_expected():

@@ -11,20 +11,26 @@
 ``L`` may be shorter or longer than ``T`` (taps that never meet an input are dropped).
 bf16/fp16 inputs are computed in fp32 and cast back; gradients flow to ``u`` and ``kernel``.
 
-Backends: ``"reference"`` (:mod:`.reference`, a loop over taps: the specification) and
-``"fft"`` (:mod:`.fft`, zero-padded rfft, ``O(T log T)``). ``"auto"`` picks ``"fft"``.
+Backends: ``"reference"`` (:mod:`.reference`, a loop over taps: the specification),
+``"direct"`` (:mod:`.direct`, depthwise ``conv1d``, ``O(T L)``, exactly causal) and ``"fft"``
+(:mod:`.fft`, zero-padded rfft, ``O(T log T)``; its rounding leaves ~1e-8 dependences on
+later inputs). ``"auto"`` picks ``"direct"`` when at most :data:`DIRECT_MAX_TAPS` taps meet
+the sequence, else ``"fft"``.
 """
 
 from __future__ import annotations
 
 from torch import Tensor
 
+from longarena.ops.conv.direct import long_conv_direct
 from longarena.ops.conv.fft import long_conv_fft
 from longarena.ops.conv.reference import long_conv_reference
 
-BACKENDS = {"reference": long_conv_reference, "fft": long_conv_fft}
+BACKENDS = {"reference": long_conv_reference, "direct": long_conv_direct, "fft": long_conv_fft}
+#: "auto" convolves directly when at most this many taps can meet the sequence
+DIRECT_MAX_TAPS = 64
 
-__all__ = ["BACKENDS", "long_conv", "long_conv_fft", "long_conv_reference"]
+__all__ = ["BACKENDS", "DIRECT_MAX_TAPS", "long_conv", "long_conv_direct", "long_conv_fft", "long_conv_reference"]
 
 
 def long_conv(u: Tensor, kernel: Tensor, *, causal: bool = True, backend: str = "auto") -> Tensor:
@@ -44,7 +50,8 @@ def long_conv(u: Tensor, kernel: Tensor, *, causal: bool = True, backend: str = 
             f"a two-sided kernel (causal=False) has odd length 2L-1 centred at L-1, got length {kernel.shape[1]}"
         )
     if backend == "auto":
-        backend = "fft"
+        taps = min(kernel.shape[1], u.shape[1] if causal else 2 * u.shape[1] - 1)
+        backend = "direct" if taps <= DIRECT_MAX_TAPS else "fft"
     if backend not in BACKENDS:
         raise ValueError(f"unknown long_conv backend {backend!r}; known: {sorted(BACKENDS)} or 'auto'")
     return BACKENDS[backend](u, kernel, causal=causal)
