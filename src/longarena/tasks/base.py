@@ -1,25 +1,40 @@
-"""The task interface: seeded splits of examples and a collate that pads them.
+"""The task interface: seeded splits of examples, cached on disk, and collates that pad or pack.
 
 An example is a dict of tensors. Language-modelling tasks (``kind = "lm"``) give
 ``input_ids: (T,)`` and ``labels: (T,)`` (the next token to predict at each position, or
 ``IGNORE`` where nothing is scored). Classification tasks (``kind = "classification"``)
 give ``input_ids: (T,)`` and a scalar ``label``. Retrieval tasks (``kind = "retrieval"``)
 give two sequences ``input_ids`` / ``input_ids_2`` and a scalar ``label``.
+
+A split of ``n`` examples is generated in shards of ``shard_size`` examples. Each shard
+draws from its own generator, seeded from (seed, split, shard index), so a split is the
+same whether it is generated in one process or spread over many, and the shards of an
+expensive task (``parallel = True``) run on all cores. Expensive tasks
+(``cache_by_default = True``) store their splits in the on-disk cache (see ``cache.py``).
 """
 
 from __future__ import annotations
 
+import concurrent.futures as futures
 import dataclasses
-from typing import ClassVar
+import hashlib
+import multiprocessing
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from longarena.config import Config, ConfigError
+from longarena.tasks import cache
 
 IGNORE = -100
 SPLITS = ("train", "validation", "test")
+KINDS = ("lm", "classification", "retrieval")
 
 
 @dataclasses.dataclass
@@ -35,28 +50,163 @@ class TaskConfig(Config):
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
 
 
-class ExampleDataset(Dataset):
-    """A list of example dicts."""
+def _compact_dtype(t: Tensor) -> torch.dtype:
+    """The smallest integer dtype that holds every value of ``t`` (storage only)."""
+    if t.is_floating_point() or t.dtype == torch.bool or t.numel() == 0:
+        return t.dtype
+    lo, hi = int(t.min()), int(t.max())
+    for dtype in (torch.uint8, torch.int16, torch.int32):
+        info = torch.iinfo(dtype)
+        if info.min <= lo and hi <= info.max:
+            return dtype
+    return torch.int64
 
-    def __init__(self, examples: list[dict[str, Tensor]]) -> None:
-        self.examples = examples
+
+class ExampleDataset(Dataset):
+    """Examples stored column-wise: one flat tensor plus offsets per sequence field.
+
+    A million small dicts of tensors cost far more memory and pickling time than a few
+    large tensors, and Path-X splits are gigabytes of pixels, so each field is kept as one
+    tensor in the smallest integer dtype that holds it and cast back on access.
+    """
+
+    def __init__(self, examples: list[dict[str, Tensor]] | None = None) -> None:
+        self._n = 0
+        self._scalars: dict[str, Tensor] = {}
+        self._flat: dict[str, Tensor] = {}
+        self._offsets: dict[str, Tensor] = {}
+        self._dtypes: dict[str, torch.dtype] = {}
+        if examples:
+            self._fill(examples)
+
+    def _fill(self, examples: list[dict[str, Tensor]]) -> None:
+        self._n = len(examples)
+        for key, first in examples[0].items():
+            values = [ex[key] for ex in examples]
+            self._dtypes[key] = first.dtype
+            if first.dim() == 0:
+                stacked = torch.stack(values)
+                self._scalars[key] = stacked.to(_compact_dtype(stacked))
+                continue
+            if first.dim() != 1:
+                raise ValueError(f"example field {key!r} must be a scalar or 1-D, got shape {tuple(first.shape)}")
+            flat = torch.cat(values)
+            lengths = torch.tensor([v.shape[0] for v in values], dtype=torch.int64)
+            self._flat[key] = flat.to(_compact_dtype(flat))
+            self._offsets[key] = torch.cat([torch.zeros(1, dtype=torch.int64), lengths.cumsum(0)])
 
     def __len__(self) -> int:
-        return len(self.examples)
+        return self._n
 
     def __getitem__(self, i: int) -> dict[str, Tensor]:
-        return self.examples[i]
+        if not -self._n <= i < self._n:
+            raise IndexError(f"example {i} out of range for a split of {self._n}")
+        i %= self._n
+        out: dict[str, Tensor] = {}
+        for key, dtype in self._dtypes.items():
+            if key in self._scalars:
+                out[key] = self._scalars[key][i].to(dtype)
+            else:
+                start, end = self._offsets[key][i], self._offsets[key][i + 1]
+                out[key] = self._flat[key][start:end].to(dtype)
+        return out
+
+    def __iter__(self) -> Iterator[dict[str, Tensor]]:
+        return (self[i] for i in range(self._n))
+
+    @property
+    def examples(self) -> list[dict[str, Tensor]]:
+        return list(self)
+
+    def lengths(self, key: str = "input_ids") -> Tensor:
+        """Length of field ``key`` in every example: (N,)."""
+        return self._offsets[key].diff()
+
+    # --- (de)serialisation: plain tensors and strings, loadable with weights_only=True ----------
+    def state(self) -> dict[str, Any]:
+        return {
+            "n": self._n,
+            "dtypes": {k: str(v).removeprefix("torch.") for k, v in self._dtypes.items()},
+            "scalars": self._scalars,
+            "flat": self._flat,
+            "offsets": self._offsets,
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> ExampleDataset:
+        ds = cls()
+        ds._n = int(state["n"])
+        ds._dtypes = {k: getattr(torch, v) for k, v in state["dtypes"].items()}
+        ds._scalars, ds._flat, ds._offsets = state["scalars"], state["flat"], state["offsets"]
+        for key, off in ds._offsets.items():
+            if off.shape != (ds._n + 1,) or int(off[-1]) != ds._flat[key].shape[0]:
+                raise cache.CacheCorruptError(f"field {key!r}: offsets do not match the stored data")
+        for key, values in ds._scalars.items():
+            if values.shape != (ds._n,):
+                raise cache.CacheCorruptError(f"field {key!r}: {values.shape[0]} values for {ds._n} examples")
+        return ds
+
+    @classmethod
+    def concat(cls, parts: list[ExampleDataset]) -> ExampleDataset:
+        parts = [p for p in parts if len(p)]
+        if not parts:
+            return cls()
+        out = cls()
+        out._n = sum(len(p) for p in parts)
+        out._dtypes = dict(parts[0]._dtypes)
+        for key in parts[0]._scalars:
+            vals = [p._scalars[key] for p in parts]
+            out._scalars[key] = torch.cat([v.to(torch.int64) if v.dtype != vals[0].dtype else v for v in vals])
+        for key in parts[0]._flat:
+            flats = [p._flat[key] for p in parts]
+            if len({f.dtype for f in flats}) > 1:
+                flats = [f.to(torch.int64) for f in flats]
+            out._flat[key] = torch.cat(flats)
+            shifts = torch.tensor([0] + [f.shape[0] for f in flats[:-1]]).cumsum(0)
+            offs = [p._offsets[key][:-1] + s for p, s in zip(parts, shifts)]
+            out._offsets[key] = torch.cat(offs + [torch.tensor([out._flat[key].shape[0]])])
+        for key in out._scalars:
+            out._scalars[key] = out._scalars[key].to(_compact_dtype(out._scalars[key]))
+        for key in out._flat:
+            out._flat[key] = out._flat[key].to(_compact_dtype(out._flat[key]))
+        return out
+
+
+def shard_seed(seed: int, split: str, shard: int) -> int:
+    """A 63-bit seed for one shard; independent streams for every (seed, split, shard)."""
+    digest = hashlib.sha256(f"longarena/{seed}/{split}/{shard}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+def _generate_shard(cls: type[Task], config: dict[str, Any], split: str, shard: int, n: int) -> dict[str, Any]:
+    task = cls(cls.config_class.from_dict(config))
+    return task._shard(split, shard, n).state()
+
+
+def _worker_init() -> None:
+    torch.set_num_threads(1)
 
 
 class Task:
-    """Base class: subclasses implement ``generate(split, n, generator)``."""
+    """Base class: subclasses implement ``generate(split, n, generator)``.
+
+    Class attributes a subclass may set: ``kind`` (one of KINDS), ``version`` (bump it when
+    the generator's output changes, so old cache files are not reused), ``shard_size``,
+    ``parallel`` (generate shards in worker processes) and ``cache_by_default``.
+    """
 
     config_class: ClassVar[type[TaskConfig]] = TaskConfig
     kind: ClassVar[str] = "lm"
+    registry_name: ClassVar[str] = ""
+    version: ClassVar[int] = 1
+    shard_size: ClassVar[int] = 4096
+    parallel: ClassVar[bool] = False
+    cache_by_default: ClassVar[bool] = False
     pad_id: int = 0
 
     def __init__(self, config: TaskConfig) -> None:
         self.config = config
+        self.use_cache = type(self).cache_by_default
         self._splits: dict[str, ExampleDataset] = {}
 
     # --- what a task defines ---------------------------------------------------------------
@@ -77,16 +227,90 @@ class Task:
         raise NotImplementedError
 
     # --- shared machinery ----------------------------------------------------------------------
-    def split(self, name: str) -> ExampleDataset:
-        """The examples of split ``name``, generated deterministically from the seed."""
+    def split_size(self, name: str) -> int:
+        return getattr(self.config, f"n_{name}")
+
+    def cache_path(self, name: str) -> Path | None:
+        """Where split ``name`` is cached (None when caching is off)."""
+        root = cache.cache_dir()
+        if root is None or not self.use_cache:
+            return None
+        key = cache.cache_key(
+            {
+                "task": self.registry_name or type(self).__qualname__,
+                "version": self.version,
+                "config": self.config.to_dict(),
+                "split": name,
+                "n": self.split_size(name),
+                "shard_size": self.shard_size,
+            }
+        )
+        return root / (self.registry_name or type(self).__name__) / f"{name}-{key[:32]}.pt"
+
+    def split(self, name: str, *, progress: bool | None = None, workers: int | None = None) -> ExampleDataset:
+        """The examples of split ``name``, generated deterministically from the seed.
+
+        ``progress``: show a progress bar (default: when the split has several shards and
+        stderr is a terminal). ``workers``: processes for ``parallel`` tasks (default: all
+        cores, or ``$LONGARENA_WORKERS``); the data never depend on it.
+        """
         if name not in SPLITS:
             raise ValueError(f"unknown split {name!r}; expected one of {SPLITS}")
-        if name not in self._splits:
-            n = getattr(self.config, f"n_{name}")
-            # distinct, fixed streams per split: the same seed always gives the same data
-            g = torch.Generator().manual_seed(self.config.seed * 1000 + SPLITS.index(name))
-            self._splits[name] = ExampleDataset(self.generate(name, n, g))
-        return self._splits[name]
+        if name in self._splits:
+            return self._splits[name]
+        path = self.cache_path(name)
+        if path is not None and path.exists():
+            try:
+                ds = ExampleDataset.from_state(cache.load(path))
+                if len(ds) == self.split_size(name):
+                    self._splits[name] = ds
+                    return ds
+            except cache.CacheCorruptError as e:
+                print(f"longarena: {e}; regenerating", file=sys.stderr)
+        ds = self._build(name, progress, workers)
+        if path is not None:
+            cache.save(path, ds.state())
+        self._splits[name] = ds
+        return ds
+
+    def _shard(self, split: str, shard: int, n: int) -> ExampleDataset:
+        g = torch.Generator().manual_seed(shard_seed(self.config.seed, split, shard))
+        examples = self.generate(split, n, g)
+        if len(examples) != n:
+            raise RuntimeError(f"{type(self).__name__}.generate returned {len(examples)} examples, expected {n}")
+        return ExampleDataset(examples)
+
+    def _build(self, name: str, progress: bool | None, workers: int | None) -> ExampleDataset:
+        n = self.split_size(name)
+        sizes = [min(self.shard_size, n - start) for start in range(0, n, self.shard_size)]
+        if progress is None:
+            progress = len(sizes) > 1 and sys.stderr.isatty()
+        if workers is None:
+            workers = int(os.environ.get("LONGARENA_WORKERS", 0)) or (os.cpu_count() or 1)
+        workers = max(1, min(workers, len(sizes))) if self.parallel else 1
+        parts: list[ExampleDataset | None] = [None] * len(sizes)
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+        with Progress(*columns, disable=not progress, transient=False) as bar:
+            job = bar.add_task(f"{self.registry_name or type(self).__name__} {name}", total=n)
+            if workers == 1:
+                for i, size in enumerate(sizes):
+                    parts[i] = self._shard(name, i, size)
+                    bar.advance(job, size)
+            else:
+                config = self.config.to_dict()
+                ctx = multiprocessing.get_context("spawn")  # fork under torch threads can deadlock
+                with futures.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init) as pool:
+                    pending = {
+                        pool.submit(_generate_shard, type(self), config, name, i, size): i
+                        for i, size in enumerate(sizes)
+                    }
+                    for done in futures.as_completed(pending):
+                        i = pending[done]
+                        parts[i] = ExampleDataset.from_state(done.result())
+                        bar.advance(job, sizes[i])
+        return ExampleDataset.concat([p for p in parts if p is not None])
 
     def collate(self, examples: list[dict[str, Tensor]]) -> dict[str, Tensor]:
         """Pad sequence fields to the longest example; adds ``attention_mask`` (True = real)."""
@@ -108,10 +332,73 @@ class Task:
                 batch[key.replace("input_ids", "attention_mask")] = mask
         return batch
 
-    def loader(self, split: str, batch_size: int, *, shuffle: bool | None = None, seed: int = 0) -> DataLoader:
+    def collate_packed(self, examples: list[dict[str, Tensor]], length: int) -> dict[str, Tensor]:
+        """Pack LM examples end to end into rows of ``length`` tokens (first fit, in order).
+
+        Returns ``input_ids``, ``labels``, ``attention_mask`` (True = real) and
+        ``segment_ids`` (0 = padding, 1, 2, ... = the example's index within its row) and
+        ``position_ids`` (restarting at 0 for each example), all (R, length), so a model
+        can keep examples from attending to each other. An example longer than ``length``
+        is an error: packing never truncates.
+        """
+        if self.kind != "lm":
+            raise ValueError(f"packing needs an 'lm' task; {type(self).__name__} is {self.kind!r}")
+        rows: list[list[dict[str, Tensor]]] = []
+        used: list[int] = []
+        for ex in examples:
+            t = ex["input_ids"].shape[0]
+            if t > length:
+                raise ValueError(f"an example of {t} tokens does not fit a packed row of {length}")
+            for r, u in enumerate(used):
+                if u + t <= length:
+                    rows[r].append(ex)
+                    used[r] += t
+                    break
+            else:
+                rows.append([ex])
+                used.append(t)
+        R = len(rows)
+        out = {
+            "input_ids": torch.full((R, length), self.pad_id, dtype=torch.int64),
+            "labels": torch.full((R, length), IGNORE, dtype=torch.int64),
+            "attention_mask": torch.zeros(R, length, dtype=torch.bool),
+            "segment_ids": torch.zeros(R, length, dtype=torch.int64),
+            "position_ids": torch.zeros(R, length, dtype=torch.int64),
+        }
+        for r, row in enumerate(rows):
+            at = 0
+            for s, ex in enumerate(row, start=1):
+                t = ex["input_ids"].shape[0]
+                out["input_ids"][r, at : at + t] = ex["input_ids"]
+                out["labels"][r, at : at + t] = ex["labels"]
+                out["attention_mask"][r, at : at + t] = True
+                out["segment_ids"][r, at : at + t] = s
+                out["position_ids"][r, at : at + t] = torch.arange(t)
+                at += t
+        return out
+
+    def loader(
+        self,
+        split: str,
+        batch_size: int,
+        *,
+        shuffle: bool | None = None,
+        seed: int = 0,
+        pack_length: int | None = None,
+    ) -> DataLoader:
+        """A DataLoader over ``split``; ``pack_length`` packs LM examples into rows of that size."""
         shuffle = split == "train" if shuffle is None else shuffle
         g = torch.Generator().manual_seed(seed)
-        return DataLoader(self.split(split), batch_size=batch_size, shuffle=shuffle, collate_fn=self.collate, generator=g)
+        if pack_length is None:
+            collate = self.collate
+        else:
+            if self.kind != "lm":
+                raise ValueError(f"pack_length needs an 'lm' task; {type(self).__name__} is {self.kind!r}")
+
+            def collate(examples: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+                return self.collate_packed(examples, pack_length)
+
+        return DataLoader(self.split(split), batch_size=batch_size, shuffle=shuffle, collate_fn=collate, generator=g)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.config})"

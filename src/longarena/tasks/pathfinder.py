@@ -1,0 +1,293 @@
+"""LRA Pathfinder and Path-X (Linsley et al. 2018; Tay et al. 2021): are two dots connected?
+
+Each image shows two long dashed contours and many short distractor contours on a black
+background, and two round markers. In a positive image (label 1) the markers sit on the
+two ends of the same contour; in a negative image (label 0) they sit on one end of each
+of the two contours. Both contours are drawn in every image, so ink, contour length and
+marker appearance carry no information about the label: only following the path does.
+
+Contours are chains of ``contour_length`` dashes; each dash turns from the previous one by
+an angle drawn uniformly from [-max_turn, max_turn] and keeps a clearance from every other
+contour, so contours never touch or cross. Images are drawn at twice the resolution and
+averaged 2×2, which anti-aliases the dashes into grey levels. Lengths scale with the
+resolution, so 32×32, 64×64 and 128×128 (Path-X) show the same kind of picture.
+
+The model sees the image flattened row by row into ``resolution²`` pixel tokens (0-255,
+vocabulary 256), as in LRA. Labels are balanced exactly within every shard (to one
+example for an odd shard size).
+
+Registered names: ``pathfinder`` (any ``resolution``; default 32) and the presets
+``pathfinder32``, ``pathfinder64`` and ``pathx`` (128×128).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+
+import numpy as np
+import torch
+
+from longarena.config import ConfigError
+from longarena.tasks import register
+from longarena.tasks.base import Task, TaskConfig
+
+_SUPER = 2  # drawing supersampling factor
+
+
+@dataclasses.dataclass
+class PathfinderConfig(TaskConfig):
+    n_train: int = 160_000
+    n_validation: int = 20_000
+    n_test: int = 20_000
+    resolution: int = 32
+    contour_length: int = 14
+    num_distractors: int | None = None
+    distractor_length: int = 5
+    max_turn: float = 0.6
+    dash_fraction: float = 0.6
+
+    def validate(self) -> None:
+        super().validate()
+        if not 16 <= self.resolution <= 512:
+            raise ConfigError(f"resolution must be in 16..512, got {self.resolution}")
+        if not 2 <= self.contour_length <= 40:
+            raise ConfigError(f"contour_length must be in 2..40 dashes, got {self.contour_length}")
+        if self.num_distractors is not None and not 0 <= self.num_distractors <= 200:
+            raise ConfigError(f"num_distractors must be in 0..200 (or None for the default), got {self.num_distractors}")
+        if not 1 <= self.distractor_length <= self.contour_length:
+            raise ConfigError(
+                f"distractor_length must be in 1..contour_length={self.contour_length}, got {self.distractor_length}"
+            )
+        if not 0 <= self.max_turn <= math.pi / 2:
+            raise ConfigError(f"max_turn must be in [0, pi/2] radians, got {self.max_turn}")
+        if not 0.2 <= self.dash_fraction <= 1:
+            raise ConfigError(f"dash_fraction must be in [0.2, 1], got {self.dash_fraction}")
+
+    @property
+    def scale(self) -> float:
+        return self.resolution / 32
+
+    @property
+    def distractors(self) -> int:
+        # ink density stays constant across resolutions: count ∝ side since length ∝ side
+        return round(10 * self.scale) if self.num_distractors is None else self.num_distractors
+
+
+@functools.lru_cache(maxsize=64)
+def _disk_offsets(radius: float) -> tuple[np.ndarray, np.ndarray]:
+    """Integer offsets (1, K) of the cells of a disk of ``radius`` cells."""
+    r = int(math.ceil(radius))
+    dy, dx = np.mgrid[-r : r + 1, -r : r + 1]
+    keep = dy**2 + dx**2 <= radius**2 + 0.25
+    return dy[keep][None, :], dx[keep][None, :]
+
+
+@functools.lru_cache(maxsize=64)
+def _ramp(length: float, spacing: float) -> np.ndarray:
+    """(P, 1) distances along a dash, at most ``spacing`` apart."""
+    n = max(2, int(math.ceil(length / spacing)) + 1)
+    return np.linspace(0.0, length, n)[:, None]
+
+
+class _Canvas:
+    """Contours grown dash by dash on a supersampled grid, with clearance bookkeeping.
+
+    ``owner`` (S, S) holds, for every supersampled cell, the id of the contour whose
+    clearance zone covers it (0 = free), so a new dash can test for collisions in O(dash).
+    """
+
+    def __init__(self, c: PathfinderConfig, rng: np.random.Generator) -> None:
+        self.c, self.rng = c, rng
+        self.S = c.resolution * _SUPER
+        s = c.scale * _SUPER  # supersampled pixels per 32-grid pixel
+        self.step = 2.0 * s  # dash + gap
+        self.dash = self.step * c.dash_fraction
+        self.width = max(1.0, 0.5 * c.scale) * _SUPER  # line thickness in supersampled cells
+        self.clearance = self.width / 2 + 0.9 * s
+        self.margin = 1.5 * s
+        self.owner = np.zeros((self.S, self.S), dtype=np.int32)
+        self.ink = np.zeros((self.S, self.S), dtype=np.int32)  # id of the contour drawn there
+        self.marker_radius = max(1.3 * c.scale, 1.8) * _SUPER  # at 32×32 a smaller one is lost among dashes
+        self.next_id = 1
+        self.markers: list[np.ndarray] = []
+
+    def _disk_cells(self, points: np.ndarray, radius: float) -> tuple[np.ndarray, np.ndarray]:
+        """Cells within ``radius`` of any of ``points`` (P, 2) as (rows, cols), clipped."""
+        dy, dx = _disk_offsets(radius)
+        base = np.floor(points).astype(np.int64)  # (P, 2) as (x, y)
+        ys = (base[:, 1:2] + dy).ravel()
+        xs = (base[:, 0:1] + dx).ravel()
+        inside = (ys >= 0) & (ys < self.S) & (xs >= 0) & (xs < self.S)
+        return ys[inside], xs[inside]
+
+    def _samples(self, start: np.ndarray, angle: float, length: float, spacing: float = 0.5) -> np.ndarray:
+        t = _ramp(length, spacing)
+        return start + t * np.array([math.cos(angle), math.sin(angle)])
+
+    def grow(self, length: int, tries: int = 30) -> list[np.ndarray] | None:
+        """A contour of ``length`` dashes placed without collisions: its dash sample points."""
+        lo, hi = self.margin, self.S - self.margin
+        for _ in range(tries):
+            pos = self.rng.uniform(lo, hi, size=2)
+            angle = self.rng.uniform(0, 2 * math.pi)
+            if self.owner[int(pos[1]), int(pos[0])]:
+                continue
+            cid = self.next_id
+            own = np.zeros((self.S, self.S), dtype=np.int32)  # dash index + 1 of this contour's zone
+            dashes: list[np.ndarray] = []
+            for k in range(length):
+                for _attempt in range(12):
+                    a = angle + (self.rng.uniform(-self.c.max_turn, self.c.max_turn) if k else 0.0)
+                    end = pos + self.step * np.array([math.cos(a), math.sin(a)])
+                    if not (lo <= end[0] <= hi and lo <= end[1] <= hi):
+                        if k == 0:
+                            angle = self.rng.uniform(0, 2 * math.pi)
+                        continue
+                    # disks of the clearance radius a third of it apart cover the dash's zone
+                    pts = self._samples(pos, a, self.step, max(0.5, self.clearance / 3))
+                    ys, xs = self._disk_cells(pts, self.clearance)
+                    taken = self.owner[ys, xs]
+                    mine = own[ys, xs]
+                    # clearance zones of neighbouring dashes overlap at the joints; only a dash three
+                    # or more back (reachable only by turning round) or another contour is a collision
+                    if taken.any() or (mine[mine > 0] < k - 1).any():
+                        continue
+                    break
+                else:
+                    break
+                own[ys, xs] = np.where(own[ys, xs] == 0, k + 1, own[ys, xs])
+                dashes.append(self._samples(pos, a, self.dash))
+                pos, angle = end, a
+            if len(dashes) == length:
+                self.owner[own > 0] = cid
+                self.next_id += 1
+                for pts in dashes:
+                    ys, xs = self._disk_cells(pts, self.width / 2)
+                    self.ink[ys, xs] = cid
+                return dashes
+        return None
+
+    def marker_fits(self, point: np.ndarray, cid: int) -> bool:
+        """Whether a marker on contour ``cid`` at ``point`` stays a visible gap away from other ink."""
+        ys, xs = self._disk_cells(point[None, :], self.marker_radius + _SUPER)
+        found = self.ink[ys, xs]
+        return bool(((found == 0) | (found == cid)).all())
+
+    def reserve(self, point: np.ndarray, cid: int) -> None:
+        """Keep later contours clear of a marker's disk."""
+        ys, xs = self._disk_cells(point[None, :], self.marker_radius + self.clearance)
+        free = self.owner[ys, xs] == 0
+        self.owner[ys[free], xs[free]] = cid
+
+    def marker(self, point: np.ndarray, cid: int) -> None:
+        self.markers.append(point)
+        ys, xs = self._disk_cells(point[None, :], self.marker_radius)
+        self.ink[ys, xs] = cid
+
+    def image(self) -> np.ndarray:
+        """(R, R) uint8: the supersampled ink averaged over 2×2 blocks."""
+        R = self.c.resolution
+        pooled = (self.ink != 0).reshape(R, _SUPER, R, _SUPER).mean(axis=(1, 3))
+        return np.round(pooled * 255).astype(np.uint8)
+
+
+def endpoints(dashes: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    return dashes[0][0], dashes[-1][-1]
+
+
+def draw(c: PathfinderConfig, label: int, rng: np.random.Generator) -> np.ndarray:
+    """One (R, R) uint8 image with the given label (1: markers on the same contour)."""
+    return draw_canvas(c, label, rng).image()
+
+
+def draw_canvas(c: PathfinderConfig, label: int, rng: np.random.Generator) -> _Canvas:
+    """The supersampled canvas of one image; ``canvas.markers`` holds the marker centres."""
+    for _ in range(50):
+        canvas = _Canvas(c, rng)
+        a = canvas.grow(c.contour_length)  # contour id 1
+        b = canvas.grow(c.contour_length)  # contour id 2
+        if a is None or b is None:
+            continue
+        a0, a1 = endpoints(a)
+        b0, b1 = endpoints(b)
+        if label:
+            pair, ids = ((a0, a1), (1, 1)) if rng.random() < 0.5 else ((b0, b1), (2, 2))
+        else:
+            pair, ids = (a0 if rng.random() < 0.5 else a1, b0 if rng.random() < 0.5 else b1), (1, 2)
+        # a marker touching the other contour (or the other marker) would join the two paths
+        apart = np.linalg.norm(pair[0] - pair[1]) > 2 * canvas.marker_radius + 2 * _SUPER
+        if not (apart and all(canvas.marker_fits(p, i) for p, i in zip(pair, ids))):
+            continue
+        for p, i in zip(pair, ids):
+            canvas.reserve(p, i)
+        misses = 0
+        for _d in range(c.distractors):
+            # a full canvas rejects every new contour; stop instead of burning time on it
+            misses = 0 if canvas.grow(c.distractor_length, tries=6) is not None else misses + 1
+            if misses == 4:
+                break
+        for p, i in zip(pair, ids):
+            canvas.marker(p, i)
+        return canvas
+    raise RuntimeError(
+        f"could not place two contours of {c.contour_length} dashes on a {c.resolution}×{c.resolution} "
+        "image; lower contour_length or max_turn"
+    )
+
+
+@register("pathfinder")
+class Pathfinder(Task):
+    """LRA Pathfinder: are the two markers on the same contour? Pixels flattened to a sequence."""
+
+    config_class = PathfinderConfig
+    kind = "classification"
+    shard_size = 1000
+    parallel = True
+    cache_by_default = True
+
+    @property
+    def vocab_size(self) -> int:
+        return 256
+
+    @property
+    def num_classes(self) -> int:
+        return 2
+
+    @property
+    def seq_len(self) -> int:
+        return self.config.resolution**2
+
+    def generate(self, split, n, generator):
+        rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,), generator=generator)))
+        labels = rng.permutation(np.arange(n) % 2)
+        examples = []
+        for label in labels:
+            img = draw(self.config, int(label), rng)
+            examples.append({"input_ids": torch.from_numpy(img.reshape(-1).astype(np.int64)), "label": torch.tensor(int(label))})
+        return examples
+
+    def image(self, example) -> np.ndarray:
+        """An example's pixels as an (R, R) uint8 array."""
+        R = self.config.resolution
+        return example["input_ids"].numpy().astype(np.uint8).reshape(R, R)
+
+
+def _preset(name: str, resolution: int, doc: str) -> type[Pathfinder]:
+    cfg = dataclasses.make_dataclass(
+        f"Pathfinder{resolution}Config",
+        [("resolution", int, dataclasses.field(default=resolution))],
+        bases=(PathfinderConfig,),
+    )
+    cfg.__module__ = __name__
+    globals()[cfg.__name__] = cfg  # picklable by name for worker processes
+    cls = type(f"Pathfinder{resolution}Preset_{name}", (Pathfinder,), {"config_class": cfg, "__doc__": doc})
+    cls.__module__ = __name__
+    globals()[cls.__name__] = cls
+    return register(name)(cls)
+
+
+_preset("pathfinder32", 32, "LRA Pathfinder at 32×32 (1024 pixel tokens).")
+_preset("pathfinder64", 64, "LRA Pathfinder at 64×64 (4096 pixel tokens).")
+_preset("pathx", 128, "LRA Path-X: Pathfinder at 128×128 (16384 pixel tokens).")

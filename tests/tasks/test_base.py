@@ -1,0 +1,165 @@
+"""Task machinery: seeded shards, the on-disk cache (atomic, versioned, corruption-proof),
+column storage, padding and packing collates, registry errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from longarena import tasks
+from longarena.config import ConfigError
+from longarena.registry import UnknownNameError
+from longarena.tasks import cache
+from longarena.tasks.base import IGNORE, ExampleDataset, shard_seed
+
+
+@pytest.fixture
+def cache_root(tmp_path, monkeypatch):
+    monkeypatch.setenv("LONGARENA_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def _same(a: ExampleDataset, b: ExampleDataset) -> bool:
+    return len(a) == len(b) and all(
+        x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x) for x, y in zip(a, b)
+    )
+
+
+def test_unknown_task_lists_known_ones():
+    with pytest.raises(UnknownNameError, match="known tasks: .*listops.*mqar"):
+        tasks.get("lisstops")
+
+
+def test_unknown_config_field_names_the_known_fields():
+    with pytest.raises(ConfigError, match="num_pairs"):
+        tasks.get("mqar", num_pairz=3)
+
+
+def test_same_seed_same_split_and_splits_differ():
+    a = tasks.get("mqar", vocab_size=64, num_pairs=4, length=32, n_train=64, n_test=64)
+    b = tasks.get("mqar", vocab_size=64, num_pairs=4, length=32, n_train=64, n_test=64)
+    assert _same(a.split("train"), b.split("train"))
+    assert not _same(a.split("train"), a.split("test"))
+    c = tasks.get("mqar", vocab_size=64, num_pairs=4, length=32, n_train=64, seed=1)
+    assert not _same(a.split("train"), c.split("train"))
+
+
+def test_shards_are_prefix_stable_and_seeded_per_shard():
+    """A split built from several shards equals one built shard by shard by hand."""
+    task = tasks.get("copying", n_train=25)
+    task.shard_size = 10
+    split = task.split("train")
+    by_hand = [ex for i, n in enumerate((10, 10, 5)) for ex in task._shard("train", i, n)]
+    assert _same(split, ExampleDataset(by_hand))
+    assert len({shard_seed(0, s, i) for s in ("train", "test") for i in range(3)}) == 6
+
+
+def test_worker_count_does_not_change_the_data(cache_root):
+    cfg = dict(min_length=20, max_length=60, max_depth=5, n_train=12, n_validation=0, n_test=0)
+    one = tasks.get("listops", **cfg)
+    one.shard_size, one.use_cache = 4, False
+    two = tasks.get("listops", **cfg)
+    two.shard_size, two.use_cache = 4, False
+    assert _same(one.split("train", workers=1), two.split("train", workers=2))
+
+
+def test_cache_roundtrip_is_reused_and_keyed_by_version(cache_root, monkeypatch):
+    task = tasks.get("listops", min_length=20, max_length=60, n_train=8, n_validation=0, n_test=0)
+    path = task.cache_path("train")
+    assert path is not None and str(path).startswith(str(cache_root))
+    first = task.split("train")
+    assert path.exists()
+    # a fresh task reads the file instead of generating
+    again = tasks.get("listops", min_length=20, max_length=60, n_train=8, n_validation=0, n_test=0)
+    monkeypatch.setattr(type(again), "generate", lambda *a: pytest.fail("regenerated despite a valid cache"))
+    assert _same(first, again.split("train"))
+    monkeypatch.undo()
+    monkeypatch.setenv("LONGARENA_CACHE", str(cache_root))
+    monkeypatch.setattr(type(task), "version", 99)
+    assert task.cache_path("train") != path
+    other_seed = tasks.get("listops", min_length=20, max_length=60, n_train=8, seed=3)
+    assert other_seed.cache_path("train") != path
+    assert not list(path.parent.glob("*.tmp"))
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "garbage"])
+def test_corrupt_cache_file_is_detected_and_regenerated(cache_root, damage, capsys):
+    cfg = dict(min_length=20, max_length=60, n_train=6, n_validation=0, n_test=0)
+    good = tasks.get("listops", **cfg).split("train")
+    path = tasks.get("listops", **cfg).cache_path("train")
+    raw = path.read_bytes()
+    if damage == "truncate":
+        path.write_bytes(raw[: len(raw) // 2])
+    elif damage == "flip":
+        path.write_bytes(raw[:-10] + bytes([raw[-10] ^ 0xFF]) + raw[-9:])
+    else:
+        path.write_bytes(b"not a split")
+    with pytest.raises(cache.CacheCorruptError):
+        cache.load(path)
+    again = tasks.get("listops", **cfg).split("train")
+    assert _same(good, again)
+    assert "regenerating" in capsys.readouterr().err
+    cache.load(path)  # rewritten and valid
+
+
+def test_cache_can_be_switched_off(monkeypatch):
+    monkeypatch.setenv("LONGARENA_CACHE", "off")
+    assert cache.cache_dir() is None
+    assert tasks.get("listops").cache_path("train") is None
+
+
+def test_column_storage_roundtrip_and_compact_dtypes():
+    examples = [
+        {"input_ids": torch.tensor([3, 1, 4]), "labels": torch.tensor([IGNORE, 5, 9]), "label": torch.tensor(2)},
+        {"input_ids": torch.tensor([1000]), "labels": torch.tensor([7]), "label": torch.tensor(0)},
+    ]
+    ds = ExampleDataset(examples)
+    state = ds.state()
+    assert state["flat"]["input_ids"].dtype == torch.int16
+    assert state["flat"]["labels"].dtype == torch.int16
+    back = ExampleDataset.from_state(state)
+    for a, b in zip(examples, back):
+        for k in a:
+            assert torch.equal(a[k], b[k]) and b[k].dtype == a[k].dtype
+    assert back.lengths().tolist() == [3, 1]
+    both = ExampleDataset.concat([ds, ExampleDataset(examples[:1])])
+    assert [ex["input_ids"].tolist() for ex in both] == [[3, 1, 4], [1000], [3, 1, 4]]
+    with pytest.raises(IndexError):
+        ds[2]
+
+
+def test_pad_collate():
+    task = tasks.get("copying", num_tokens=2)
+    exs = [
+        {"input_ids": torch.tensor([5, 6, 7]), "labels": torch.tensor([IGNORE, 6, 7])},
+        {"input_ids": torch.tensor([8]), "labels": torch.tensor([9])},
+    ]
+    b = task.collate(exs)
+    assert b["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
+    assert b["labels"].tolist() == [[IGNORE, 6, 7], [9, IGNORE, IGNORE]]
+    assert b["attention_mask"].tolist() == [[True] * 3, [True, False, False]]
+
+
+def test_packed_collate_keeps_every_token_and_marks_documents():
+    task = tasks.get("copying", num_tokens=3, delay=1, n_train=5)  # 7 tokens each
+    exs = list(task.split("train"))
+    b = task.collate_packed(exs, 16)
+    assert b["input_ids"].shape == (3, 16)  # 2 + 2 + 1 examples
+    # every example appears whole, in order, with its own segment id and restarted positions
+    recovered = []
+    for r in range(3):
+        for s in b["segment_ids"][r].unique().tolist():
+            if s == 0:
+                continue
+            sel = b["segment_ids"][r] == s
+            recovered.append(b["input_ids"][r][sel].tolist())
+            assert b["position_ids"][r][sel].tolist() == list(range(int(sel.sum())))
+            assert torch.equal(b["labels"][r][sel], exs[len(recovered) - 1]["labels"])
+    assert recovered == [ex["input_ids"].tolist() for ex in exs]
+    assert (b["labels"][~b["attention_mask"]] == IGNORE).all()
+    with pytest.raises(ValueError, match="does not fit"):
+        task.collate_packed(exs, 6)
+    batch = next(iter(task.loader("train", 5, pack_length=16)))
+    assert batch["input_ids"].shape == (3, 16)
+    with pytest.raises(ValueError, match="'lm' task"):
+        tasks.get("majority").loader("train", 4, pack_length=16)
