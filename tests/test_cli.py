@@ -1,0 +1,53 @@
+"""The command line: every command has --help, list shows the registries, arena runs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+import longarena
+from longarena.cli import app
+
+runner = CliRunner()
+
+
+@pytest.mark.parametrize("command", [[], ["list"], ["train"], ["arena"], ["version"]])
+def test_every_command_has_help(command):
+    result = runner.invoke(app, command + ["--help"])
+    assert result.exit_code == 0, result.output
+    assert "Usage" in result.output
+
+
+def test_version_and_list():
+    assert longarena.__version__ in runner.invoke(app, ["version"]).output
+    result = runner.invoke(app, ["list"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    for expected in ("attention", "rope", "associative_recall", "quick", "lm"):
+        assert expected in result.output
+    assert "bogus" in runner.invoke(app, ["list", "bogus"]).output
+
+
+def test_arena_smoke_suite_writes_a_report(tmp_path):
+    result = runner.invoke(app, ["arena", "--suite", "smoke", "--out", str(tmp_path), "--only", "attention"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    data = json.loads((tmp_path / "results.json").read_text())
+    cells = {(r["task"], r["mixer"]) for r in data["results"]}
+    assert cells == {("associative_recall", "attention"), ("majority", "attention")}
+    assert all(r["error"] is None and 0.0 <= r["accuracy"] <= 1.0 for r in data["results"])
+    assert "| majority | attention |" in (tmp_path / "report.md").read_text()
+
+
+def test_train_saves_a_checkpoint_and_bad_names_are_explained(tmp_path):
+    result = runner.invoke(app, [
+        "train", "--steps", "2", "--batch-size", "4", "--d-model", "16", "--layers", "1",
+        "--task-config", "n_train=8", "--task-config", "n_validation=4", "--mixer-config", "attention.n_heads=2",
+        "--out", str(tmp_path / "ck"),
+    ])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "ck" / "model.safetensors").is_file()
+    bad = runner.invoke(app, ["train", "--pattern", "mambo"])
+    assert bad.exit_code == 2 and "known mixers" in bad.output
+    bad = runner.invoke(app, ["arena", "--suite", "huge"])
+    assert bad.exit_code == 2 and "known suites" in bad.output
