@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from longarena.ops.linear_attn import diagonal_ssm as dssm
-from longarena.ops.linear_attn.diagonal_ssm import conv_backend, diagonal_ssm, diagonal_ssm_kernel, diagonal_ssm_step
+from longarena.ops.linear_attn.diagonal_ssm import diagonal_ssm, diagonal_ssm_kernel, diagonal_ssm_step
 from longarena.testing.conformance import rel_error
 
 
@@ -33,7 +33,7 @@ def test_kernel_is_re_sum_of_c_b_a_to_the_s(complex_):
 
 
 @pytest.mark.parametrize("complex_", [False, True])
-@pytest.mark.parametrize("backend", ["reference", "fft"])
+@pytest.mark.parametrize("backend", ["reference", "direct", "fft"])
 def test_conv_form_equals_the_recurrence_with_state_and_gradients(complex_, backend, monkeypatch):
     # small blocks so that the blocked power sums cross block boundaries
     monkeypatch.setattr(dssm, "BLOCK", 4)
@@ -75,12 +75,7 @@ def test_recurrence_matches_a_hand_loop_and_steps_continue_it():
     torch.testing.assert_close(h_c, h, rtol=1e-5, atol=1e-5)
 
 
-def test_conv_path_choice_and_errors():
-    assert conv_backend("conv", dssm.DIRECT_MAX_LEN) == "reference"
-    assert conv_backend("conv", dssm.DIRECT_MAX_LEN + 1) == "fft"
-    assert conv_backend("fft", 3) == "fft"
-    with pytest.raises(ValueError, match="known: 'reference', 'fft', 'conv'"):
-        conv_backend("sdpa", 3)
+def test_bad_shapes_and_modes_are_named():
     log_a, b, c = _params(False)
     with pytest.raises(ValueError, match=r"\(D, N\) with D = 5"):
         diagonal_ssm(torch.randn(1, 4, 5), log_a, b, c)

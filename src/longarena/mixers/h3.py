@@ -30,8 +30,11 @@ from longarena.config import ConfigError
 from longarena.mixers import register
 from longarena.mixers.base import Mixer, MixerConfig
 from longarena.ops.conv import long_conv
-from longarena.ops.linear_attn.diagonal_ssm import conv_backend, diagonal_ssm, diagonal_ssm_step
+from longarena.ops.linear_attn.diagonal_ssm import diagonal_ssm, diagonal_ssm_step
 
+
+#: mixer path -> long_conv backend ("auto": direct up to 64 taps, else FFT)
+CONV_BACKEND = {"reference": "reference", "fft": "fft", "conv": "auto"}
 
 @dataclasses.dataclass
 class H3Config(MixerConfig):
@@ -73,8 +76,8 @@ class H3(Mixer):
     """H3: shift SSM on keys, diagonal SSM on key-value products, gated by queries."""
 
     config_class = H3Config
-    #: reference: the diagonal SSM as a recurrence; fft: as an FFT convolution; conv: as fft,
-    #: but short inputs convolved directly (see diagonal_ssm.conv_backend)
+    #: reference: the diagonal SSM as a recurrence; fft: as an FFT convolution; conv: as a
+    #: convolution through long_conv's own choice (direct up to 64 taps, else FFT)
     backends = ("reference", "fft", "conv")
 
     def __init__(self, config: H3Config) -> None:
@@ -148,13 +151,13 @@ class H3(Mixer):
         m = self.shift_size - 1
         keys = torch.cat((state.keys.to(k.dtype), k), dim=1)  # (B, m + T, D)
         # the shift SSM reads m cached keys before the chunk; their outputs are dropped
-        kbar = long_conv(keys, self.shift_kernel, causal=True, backend="reference")[:, m:]
+        kbar = long_conv(keys, self.shift_kernel, causal=True, backend="auto")[:, m:]
         kv = self._outer(kbar, v)
         log_a, b, c = self._expanded_params()
         if backend == "reference":
             y, ssm = diagonal_ssm(kv, log_a, b, c, state.ssm, mode="scan", backend="reference")
         else:
-            y, ssm = diagonal_ssm(kv, log_a, b, c, state.ssm, mode="conv", backend=conv_backend(backend, x.shape[1]))
+            y, ssm = diagonal_ssm(kv, log_a, b, c, state.ssm, mode="conv", backend=CONV_BACKEND[backend])
         return self._readout(q, y, kv), H3State(keys[:, keys.shape[1] - m :], ssm)
 
     def _step(self, x_t: Tensor, state: H3State) -> tuple[Tensor, H3State]:

@@ -32,8 +32,10 @@ from longarena.config import ConfigError
 from longarena.mixers import register
 from longarena.mixers.base import Mixer, MixerConfig
 from longarena.ops.conv import long_conv
-from longarena.ops.linear_attn.diagonal_ssm import conv_backend
 
+
+#: mixer path -> long_conv backend ("auto": direct up to 64 taps, else FFT)
+CONV_BACKEND = {"reference": "reference", "fft": "fft", "conv": "auto"}
 
 @dataclasses.dataclass
 class HyenaConfig(MixerConfig):
@@ -123,8 +125,8 @@ class Hyena(Mixer):
     """Hyena: order-N gating around implicit long convolutions (FFT), with short convs."""
 
     config_class = HyenaConfig
-    #: reference: direct convolutions; fft: FFT convolutions; conv: FFT above 64 tokens, direct
-    #: below (see diagonal_ssm.conv_backend)
+    #: reference: convolutions as sums over taps; fft: FFT convolutions; conv: long_conv's own
+    #: choice (direct up to 64 taps, exactly causal; FFT above)
     backends = ("reference", "fft", "conv")
 
     def __init__(self, config: HyenaConfig) -> None:
@@ -155,7 +157,7 @@ class Hyena(Mixer):
         """Projections through the short convolution: gates [x_0..x_{N-1}], v, and the new short state."""
         u = torch.cat((short.to(x.dtype), self.in_proj(x)), dim=1)  # (B, s-1 + T, (N+1) D)
         m = self.short_size - 1
-        u_conv = long_conv(u, self.short_kernel, causal=True, backend="reference")[:, m:] + self.short_bias
+        u_conv = long_conv(u, self.short_kernel, causal=True, backend="auto")[:, m:] + self.short_bias
         *gates, v = u_conv.split(self.d_model, dim=-1)
         return gates, v, u[:, u.shape[1] - m :]
 
@@ -167,7 +169,7 @@ class Hyena(Mixer):
         n_past = state.inputs[0].shape[1]
         total = n_past + x.shape[1]
         filters = self.filter(total)  # (N-1, D, n_past + T)
-        kind = conv_backend(backend, total)
+        kind = CONV_BACKEND[backend]
         inputs = []
         for i in range(self.order - 1):
             gated = gates[self.order - 1 - i] * z  # (B, T, D)

@@ -35,8 +35,11 @@ from longarena.config import ConfigError
 from longarena.mixers import register
 from longarena.mixers.base import Mixer, MixerConfig
 from longarena.ops.attention import attention
-from longarena.ops.linear_attn.diagonal_ssm import conv_backend, diagonal_ssm, diagonal_ssm_step
+from longarena.ops.linear_attn.diagonal_ssm import diagonal_ssm, diagonal_ssm_step
 
+
+#: mixer path -> long_conv backend ("auto": direct up to 64 taps, else FFT)
+CONV_BACKEND = {"reference": "reference", "fft": "fft", "conv": "auto"}
 
 @dataclasses.dataclass
 class MegaConfig(MixerConfig):
@@ -81,7 +84,7 @@ class Mega(Mixer):
 
     config_class = MegaConfig
     #: reference: EMA as a recurrence, attention written out; fft: EMA as an FFT convolution,
-    #: SDPA; conv: as fft, but short inputs convolved directly (see diagonal_ssm.conv_backend)
+    #: SDPA; conv: as fft, but long_conv picks direct convolution up to 64 taps
     backends = ("reference", "fft", "conv")
 
     def __init__(self, config: MegaConfig) -> None:
@@ -168,7 +171,7 @@ class Mega(Mixer):
         if backend == "reference":
             ema, h = diagonal_ssm(x, log_a, b, c, state.ema, mode="scan", backend="reference")
         else:
-            ema, h = diagonal_ssm(x, log_a, b, c, state.ema, mode="conv", backend=conv_backend(backend, x.shape[1]))
+            ema, h = diagonal_ssm(x, log_a, b, c, state.ema, mode="conv", backend=CONV_BACKEND[backend])
         u, q, k, v, r, hx = self._gates(x, ema)
         k_all = torch.cat((state.k.to(k.dtype), k), dim=1)
         v_all = torch.cat((state.v.to(v.dtype), v), dim=1)

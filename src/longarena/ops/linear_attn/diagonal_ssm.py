@@ -12,8 +12,8 @@ and the diagonal SSM of H3 (complex ``a``) are both this. Two modes compute it:
 
 - ``"scan"``: the recurrence through :func:`longarena.ops.scan.linear_scan`; memory
   O(T D N);
-- ``"conv"``: the kernel through :func:`longarena.ops.conv.long_conv` (its FFT backend:
-  O(T log T)), with the carry-in term and the final state as direct sums over time.
+- ``"conv"``: the kernel through :func:`longarena.ops.conv.long_conv` (FFT: O(T log T);
+  its ``"auto"`` convolves short inputs directly, which is exactly causal), with the carry-in term and the final state as direct sums over time.
   Powers ``a^s`` are formed as ``exp(s log a)`` (no compounding rounding) in blocks of
   :data:`BLOCK` steps, so memory stays O(T D + BLOCK D N) instead of O(T D N).
 
@@ -29,29 +29,10 @@ from torch import Tensor
 from longarena.ops.conv import long_conv
 from longarena.ops.scan import linear_scan
 
-__all__ = ["BLOCK", "DIRECT_MAX_LEN", "conv_backend", "diagonal_ssm", "diagonal_ssm_kernel", "diagonal_ssm_step"]
+__all__ = ["BLOCK", "diagonal_ssm", "diagonal_ssm_kernel", "diagonal_ssm_step"]
 
 #: time steps per block when powers of ``a`` are materialised
 BLOCK = 1024
-#: sequences up to this length are convolved directly rather than through the FFT
-DIRECT_MAX_LEN = 64
-
-
-def conv_backend(mixer_backend: str, length: int) -> str:
-    """The :func:`long_conv` backend for a mixer path over ``length`` tokens.
-
-    Mixers built on long convolutions offer ``"reference"`` (direct), ``"fft"`` (always
-    FFT) and ``"conv"``: FFT above :data:`DIRECT_MAX_LEN` tokens, direct below, where the
-    direct sum is cheaper and, unlike the FFT, exactly causal (the FFT's rounding gives
-    every output a ~1e-8 dependence on later inputs).
-    """
-    if mixer_backend == "conv":
-        return "fft" if length > DIRECT_MAX_LEN else "reference"
-    if mixer_backend in ("reference", "fft"):
-        return mixer_backend
-    raise ValueError(f"unknown long-convolution path {mixer_backend!r}; known: 'reference', 'fft', 'conv'")
-
-
 def _work_dtype(log_a: Tensor) -> torch.dtype:
     return torch.complex64 if log_a.is_complex() else torch.float32
 
