@@ -13,6 +13,10 @@
 bf16/fp16 inputs are accumulated in fp32 and the results cast back to the input dtype.
 Gradients flow to ``a``, ``b`` and ``h0`` through plain autograd.
 
+:func:`selective_scan` (:mod:`.selective`) is Mamba's input-dependent scan on top of it:
+``selective_scan(u, delta, A, B, C, D=None, h0=None, *, backend="auto") -> (y, h_last)``
+with the same two backends.
+
 Backends: ``"reference"`` (:mod:`.reference`, a Python loop over ``t``: the specification)
 and ``"chunked"`` (:mod:`.chunked`, two levels of chunks, about ``2 sqrt(T)`` Python steps,
 products only, no division). ``"auto"`` picks ``"chunked"``.
@@ -25,10 +29,20 @@ from torch import Tensor
 
 from longarena.ops.scan.chunked import default_chunk, linear_scan_chunked
 from longarena.ops.scan.reference import linear_scan_reference
+from longarena.ops.scan.selective import selective_scan_chunked, selective_scan_reference
 
 BACKENDS = {"reference": linear_scan_reference, "chunked": linear_scan_chunked}
 
-__all__ = ["BACKENDS", "default_chunk", "linear_scan", "linear_scan_chunked", "linear_scan_reference"]
+__all__ = [
+    "BACKENDS",
+    "default_chunk",
+    "linear_scan",
+    "linear_scan_chunked",
+    "linear_scan_reference",
+    "selective_scan",
+    "selective_scan_chunked",
+    "selective_scan_reference",
+]
 
 
 def _check(a: Tensor, b: Tensor, h0: Tensor | None) -> None:
@@ -70,3 +84,37 @@ def linear_scan(
     if backend == "chunked":
         return linear_scan_chunked(a, b, h0, chunk_size=chunk_size)
     raise ValueError(f"unknown linear_scan backend {backend!r}; known: {sorted(BACKENDS)} or 'auto'")
+
+
+def selective_scan(
+    u: Tensor,
+    delta: Tensor,
+    a: Tensor,
+    b: Tensor,
+    c: Tensor,
+    d: Tensor | None = None,
+    h0: Tensor | None = None,
+    *,
+    backend: str = "auto",
+    **kwargs,
+) -> tuple[Tensor, Tensor]:
+    """Mamba's selective scan (see :mod:`.selective`): ``(y: (B, T, E), h_last: (B, E, N))``.
+
+    u, delta: (B, T, E); a: (E, N); b, c: (B, T, N); d: (E,) or None; h0: (B, E, N) or None.
+    ``kwargs`` (chunked only): ``block``, ``chunk_size``.
+    """
+    bsz, t_len, e = u.shape
+    n = a.shape[-1]
+    expected = {"delta": (delta, (bsz, t_len, e)), "A": (a, (e, n)), "B": (b, (bsz, t_len, n)), "C": (c, (bsz, t_len, n))}
+    if d is not None:
+        expected["D"] = (d, (e,))
+    if h0 is not None:
+        expected["h0"] = (h0, (bsz, e, n))
+    for name, (tensor, shape) in expected.items():
+        if tuple(tensor.shape) != shape:
+            raise ValueError(f"selective_scan expects {name} of shape {shape}, got {tuple(tensor.shape)}")
+    if backend in ("auto", "chunked"):
+        return selective_scan_chunked(u, delta, a, b, c, d, h0, **kwargs)
+    if backend == "reference":
+        return selective_scan_reference(u, delta, a, b, c, d, h0)
+    raise ValueError(f"unknown selective_scan backend {backend!r}; known: 'reference', 'chunked', 'auto'")
