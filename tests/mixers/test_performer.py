@@ -83,6 +83,14 @@ def test_features_fixed_in_eval_and_redrawn_on_schedule_in_training():
     assert "projection" in never.state_dict()
 
 
+def test_random_directions_stay_float32_under_a_dtype_cast():
+    m = mixers.get("performer", 16, n_heads=2, n_features=8)
+    before = m.projection.clone()
+    m.to(torch.bfloat16)
+    assert m.q_proj.weight.dtype == torch.bfloat16
+    assert m.projection.dtype == torch.float32 and torch.equal(m.projection, before)
+
+
 def test_state_is_constant_size():
     m = mixers.get("performer", 32, n_heads=4, n_features=16)
     assert m.state_size(10) == m.state_size(100_000) == 4 * 16 * (8 + 1)

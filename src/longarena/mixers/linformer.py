@@ -61,8 +61,9 @@ class LinformerConfig(MixerConfig):
 class LengthProjection(nn.Module):
     """The E and F matrices: ``weight: (P, k, max_len)`` with P = 2H, 2 or 1 by sharing mode.
 
-    Entries start as N(0, 1/k), the Johnson–Lindenstrauss projection of the paper's
-    analysis.
+    Entries start as N(0, 1/max_len), so a projected key or value has about the norm of
+    one token's (the N(0, 1/k) of the paper's Johnson–Lindenstrauss argument would make
+    them sqrt(T/k) times larger and the initial softmax needlessly peaked).
     """
 
     def __init__(self, n_heads: int, proj_len: int, max_len: int, sharing: str) -> None:
@@ -71,19 +72,27 @@ class LengthProjection(nn.Module):
             raise ConfigError(f"sharing must be one of {list(SHARING)}, got {sharing!r}")
         self.n_heads, self.proj_len, self.max_len, self.sharing = n_heads, proj_len, max_len, sharing
         n = {"none": 2 * n_heads, "headwise": 2, "kv": 1}[sharing]
-        self.weight = nn.Parameter(torch.randn(n, proj_len, max_len) / math.sqrt(proj_len))
+        self.weight = nn.Parameter(torch.randn(n, proj_len, max_len) / math.sqrt(max_len))
 
-    def forward(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        """k, v: (B, H, T, K) -> projected (B, H, k, K), using the first T columns."""
-        t = k.shape[2]
-        w = self.weight[:, :, :t].to(k.dtype)  # (P, k, T)
+    def matrices(self, seq_len: int) -> tuple[Tensor, Tensor]:
+        """E, F for a sequence of ``seq_len`` tokens: the first T columns, (H or 1, k, T) each."""
+        w = self.weight[:, :, :seq_len]  # (P, k, T)
         if self.sharing == "none":
-            e, f = w[: self.n_heads], w[self.n_heads :]  # (H, k, T)
-        elif self.sharing == "headwise":
-            e, f = w[0:1], w[1:2]  # (1, k, T), broadcast over heads
-        else:
-            e = f = w[0:1]
-        return e @ k, f @ v
+            return w[: self.n_heads], w[self.n_heads :]  # (H, k, T)
+        if self.sharing == "headwise":
+            return w[0:1], w[1:2]  # (1, k, T), broadcast over heads
+        return w[0:1], w[0:1]
+
+
+def linformer_attention(q: Tensor, k: Tensor, v: Tensor, e: Tensor, f: Tensor, *, backend: str = "sdpa") -> Tensor:
+    """``softmax(Q (E K)ᵀ / √K) (F V)``: q, k (B, H, T, K), v (B, H, T, V); e, f (H or 1, k, T).
+
+    Zero padded rows of k and v beforehand so they add nothing to the projections.
+    Returns (B, H, T, V).
+    """
+    kp = e.to(k.dtype) @ k  # (B, H, k, K)
+    vp = f.to(v.dtype) @ v  # (B, H, k, V)
+    return attention(q, kp, vp, causal=False, backend=backend)
 
 
 @register("linformer")
@@ -123,8 +132,8 @@ class Linformer(Mixer):
         if mask is not None:
             keep = mask[:, None, :, None]
             kk, v = torch.where(keep, kk, 0.0), torch.where(keep, v, 0.0)
-        kp, vp = self.projection(kk, v)  # (B, H, k, K)
-        y = attention(q, kp, vp, causal=False, backend=self.resolve_backend(x.device))  # (B, H, T, K)
+        e, f = self.projection.matrices(t)
+        y = linformer_attention(q, kk, v, e, f, backend=self.resolve_backend(x.device))  # (B, H, T, K)
         return self.out_proj(y.transpose(1, 2).reshape(b, t, d)), None
 
     def state_size(self, seq_len: int) -> int:

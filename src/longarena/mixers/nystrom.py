@@ -91,6 +91,39 @@ def segment_means_matrix(mask: Tensor, n_landmarks: int) -> Tensor:
     return (onehot / onehot.sum(1, keepdim=True).clamp_min(1.0)).transpose(1, 2)
 
 
+def nystrom_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    n_landmarks: int,
+    pinv_iterations: int | None = 6,
+    key_mask: Tensor | None = None,
+    backend: str = "sdpa",
+) -> Tensor:
+    """Nyström approximation of ``softmax(QKᵀ/√K) V`` with m = ``n_landmarks`` segment means.
+
+    q, k: (B, H, T, K); v: (B, H, T, V); key_mask: (B, T) bool, True = real token (padded
+    rows of q, k, v should be zero). ``pinv_iterations=None`` uses the exact
+    ``torch.linalg.pinv`` instead of the iterative scheme. Every sequence needs at least m
+    real tokens. Returns (B, H, T, V).
+    """
+    b, _, t, dk = q.shape
+    real = key_mask if key_mask is not None else torch.ones(b, t, dtype=torch.bool, device=q.device)
+    p = segment_means_matrix(real, n_landmarks).to(q.dtype)[:, None]  # (B, 1, m, T)
+    q_land, k_land = p @ q, p @ k  # (B, H, m, K)
+    scores = _at_least_fp32(q_land) @ _at_least_fp32(k_land).transpose(-1, -2)
+    kernel = torch.softmax(scores * dk**-0.5, dim=-1)  # (B, H, m, m)
+    if pinv_iterations is None:
+        kernel_pinv = torch.linalg.pinv(kernel)
+    else:
+        kernel_pinv = iterative_pinv(kernel, pinv_iterations)
+    # (F̃ Ã⁺)(B̃ V) as two attention calls: m landmark queries over all keys, then every query over m landmarks
+    land_v = attention(q_land, k, v, causal=False, backend=backend, key_mask=key_mask)  # (B, H, m, V)
+    mixed = (kernel_pinv @ _at_least_fp32(land_v)).to(v.dtype)  # (B, H, m, V)
+    return attention(q, k_land, mixed, causal=False, backend=backend)  # (B, H, T, V)
+
+
 @register("nystromformer")
 class Nystromformer(Mixer):
     """Nyströmformer: landmark (Nyström) approximation of softmax attention, O(T·m) (non-causal)."""
@@ -130,17 +163,10 @@ class Nystromformer(Mixer):
         keep = real[:, None, :, None]
         q, kk, v = (torch.where(keep, a, 0.0) for a in (q, kk, v))
 
-        p = segment_means_matrix(real, m).to(x.dtype)[:, None]  # (B, 1, m, T)
-        q_land, k_land = p @ q, p @ kk  # (B, H, m, K)
-        scale = k**-0.5
-        scores = _at_least_fp32(q_land) @ _at_least_fp32(k_land).transpose(-1, -2)
-        kernel = torch.softmax(scores * scale, dim=-1)  # (B, H, m, m)
-        kernel_pinv = iterative_pinv(kernel, self.config.pinv_iterations)
-
-        backend = self.resolve_backend(x.device)
-        land_v = attention(q_land, kk, v, causal=False, backend=backend, key_mask=mask)  # (B, H, m, K)
-        mixed = (kernel_pinv @ _at_least_fp32(land_v)).to(v.dtype)  # (B, H, m, K)
-        y = attention(q, k_land, mixed, causal=False, backend=backend)  # (B, H, T, K)
+        y = nystrom_attention(
+            q, kk, v, n_landmarks=m, pinv_iterations=self.config.pinv_iterations, key_mask=mask,
+            backend=self.resolve_backend(x.device),
+        )  # (B, H, T, K)
         if self.conv is not None:
             y = y + self._conv_skip(v)
         y = torch.where(keep, y, 0.0)

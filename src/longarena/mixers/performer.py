@@ -88,6 +88,14 @@ class Performer(Mixer):
         self.register_buffer("projection", orthogonal_gaussian(config.n_features, self.head_dim))  # (M, K)
         self.forwards_since_redraw = 0
 
+    def _apply(self, fn, recurse=True):
+        # ``module.to(bfloat16)`` would round the random directions; follow device moves but
+        # keep them float32 (the features are computed in float32 anyway)
+        projection = self.projection
+        super()._apply(fn, recurse)
+        self.projection = projection.to(self.projection.device)
+        return self
+
     @torch.no_grad()
     def redraw_features(self, generator: torch.Generator | None = None) -> None:
         """Draw fresh orthogonal random directions (in place, same device and dtype)."""
