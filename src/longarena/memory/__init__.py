@@ -18,6 +18,13 @@ back-propagation, perplexity of long documents, and generation.
 """
 
 from longarena.memory import runner
+from longarena.memory.compressive import CompressiveConfig, CompressiveMemory, CompressiveTransformer
+from longarena.memory.memformer import Memformer, MemformerConfig, MemformerMemory
+from longarena.memory.rmt import RecurrentMemoryTransformer, RMTConfig, RMTMemory
 from longarena.memory.transformer_xl import TransformerXL, TransformerXLConfig, XLMemory
 
-__all__ = ["TransformerXL", "TransformerXLConfig", "XLMemory", "runner"]
+__all__ = [
+    "CompressiveConfig", "CompressiveMemory", "CompressiveTransformer", "Memformer", "MemformerConfig",
+    "MemformerMemory", "RMTConfig", "RMTMemory", "RecurrentMemoryTransformer", "TransformerXL",
+    "TransformerXLConfig", "XLMemory", "runner",
+]

@@ -180,9 +180,9 @@ def train_segments(
         out = model(input_ids[:, s:e], state=state, labels=labels[:, s:e], **forward_kwargs)
         n = _scored(labels[:, s:e])
         term = out.loss * (n / count) if n else out.logits.sum() * 0.0
-        total += float(term)
+        total += float(term.detach())
         aux = getattr(out, "aux_loss", None)
-        if aux is not None and aux.requires_grad:
+        if aux is not None and aux_weight and aux.requires_grad:
             term = term + aux_weight * aux / len(bounds)
         objective = term if objective is None else objective + term
         state = out.state
@@ -228,7 +228,7 @@ def train_mrbp(
         out = model(input_ids[:, s:e], state=state_in, labels=labels[:, s:e], **forward_kwargs)
         n = _scored(labels[:, s:e])
         objective = out.loss * (n / count) if n else out.logits.sum() * 0.0
-        total += float(objective)
+        total += float(objective.detach())
         if grad_out is not None:
             for t, g in zip(state_tensors(out.state), grad_out):
                 if g is not None and t.requires_grad:
@@ -296,3 +296,49 @@ def generate(
             state = model(tokens[:, committed:committed + s], state=state, **forward_kwargs).state
             committed += s
     return tokens
+
+
+class SavedTensorMeter:
+    """Measure the activation memory autograd keeps for backward, live and at its peak.
+
+    A context manager over ``torch.autograd.graph.saved_tensors_hooks``: every tensor a
+    forward saves is counted until its graph is freed (by ``backward`` or by dropping the
+    loss). ``peak`` is the most bytes alive at once, the training-memory figure that a
+    truncated segment runner keeps flat in the number of segments. Storage shared by
+    several saved views is counted once per save, an upper bound.
+    """
+
+    def __init__(self) -> None:
+        self.live = 0
+        self.peak = 0
+        self._hooks: Any = None
+
+    def _pack(self, tensor: Tensor) -> Any:
+        size = tensor.numel() * tensor.element_size()
+        self.live += size
+        self.peak = max(self.peak, self.live)
+        # a detached alias: holding an op's saved *output* itself would make a reference
+        # cycle through its grad_fn that only the cyclic GC could free, hiding the release
+        return _Saved(tensor.detach(), size, self)
+
+    @staticmethod
+    def _unpack(saved: Any) -> Tensor:
+        return saved.tensor
+
+    def __enter__(self) -> SavedTensorMeter:
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack)
+        self._hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._hooks.__exit__(*exc)
+
+
+class _Saved:
+    __slots__ = ("tensor", "size", "meter")
+
+    def __init__(self, tensor: Tensor, size: int, meter: SavedTensorMeter) -> None:
+        self.tensor, self.size, self.meter = tensor, size, meter
+
+    def __del__(self) -> None:
+        self.meter.live -= self.size
