@@ -11,8 +11,8 @@ the specification) and :func:`selective_scan_chunked`, which cuts time into bloc
 ``block`` steps, discretises a whole block at once, runs the two-level chunked scan of
 :mod:`.chunked` over it from the state the previous block left, and contracts with ``C``
 as it goes, so extra memory is ``O(B block E N)`` on top of the
-``O(B T E)`` inputs and outputs when no gradient is recorded. Both accumulate in fp32
-whatever the input dtype and return ``y`` in ``u.dtype`` and the final state in fp32.
+``O(B T E)`` inputs and outputs when no gradient is recorded. Both accumulate in at least fp32
+and return ``y`` in ``u.dtype`` and the final state in the accumulation dtype.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ CHUNK = 32
 
 
 def _prepare(u, delta, a, b, c, d, h0):
-    f32 = torch.float32
+    f32 = torch.promote_types(u.dtype, torch.float32)  # at least fp32, float64 stays float64
     u, delta, b, c = u.to(f32), delta.to(f32), b.to(f32), c.to(f32)
     a = a.to(f32)
     h = u.new_zeros(u.shape[0], u.shape[2], a.shape[-1]) if h0 is None else h0.to(f32)

@@ -1,0 +1,99 @@
+"""Mamba: conformance, an explicit per-token computation, fp32 parameters under bf16, errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from longarena import mixers
+from longarena.config import ConfigError
+from longarena.mixers.base import MixerInputError
+from longarena.mixers.mamba import MambaState
+from longarena.testing import check_mixer
+
+
+@pytest.mark.parametrize(
+    "config", [dict(), dict(d_state=4, d_conv=2, expand=1)], ids=["default", "small-state-short-conv"]
+)
+def test_conformance(config):
+    assert check_mixer(lambda: mixers.get("mamba", 16, **config), long_len=16384).ok
+
+
+def test_matches_an_explicit_computation():
+    """The whole layer written out per token, with the SSM as the closed-form sum
+    h_t = sum_s exp(A sum_{r=s+1}^t dt_r) dt_s x_s B_s (no recurrence)."""
+    torch.manual_seed(0)
+    m = mixers.get("mamba", 8, d_state=3, d_conv=3, expand=1)
+    x = torch.randn(1, 7, 8, dtype=torch.float64)
+    m = m.double()
+    xi, z = (x[0] @ m.in_proj.weight.T).chunk(2, dim=-1)  # (T, E)
+    w = m.conv1d.weight[:, 0]  # (E, k)
+    k = w.shape[1]
+    xpad = torch.cat((torch.zeros(k - 1, xi.shape[1], dtype=x.dtype), xi))
+    xc = torch.stack([F.silu((xpad[t : t + k] * w.T).sum(0) + m.conv1d.bias) for t in range(7)])
+    proj = xc @ m.x_proj.weight.T
+    r, n = m.dt_rank, m.d_state
+    dt = F.softplus(proj[:, :r] @ m.dt_proj.weight.T + m.dt_proj.bias)  # (T, E)
+    b, c = proj[:, r : r + n], proj[:, r + n :]
+    a = -torch.exp(m.A_log.double())  # (E, N)
+    ys = []
+    for t in range(7):
+        h = torch.zeros_like(a)
+        for s in range(t + 1):
+            decay = torch.exp(a * dt[s + 1 : t + 1].sum(0)[:, None])
+            h = h + decay * (dt[s] * xc[s])[:, None] * b[s][None, :]
+        ys.append((h * c[t]).sum(-1) + m.D * xc[t])
+    expected = (torch.stack(ys) * F.silu(z)) @ m.out_proj.weight.T
+    for backend in m.backends:
+        with m.use_backend(backend):
+            y, _ = m(x)
+        torch.testing.assert_close(y[0], expected)
+
+
+def test_ssm_parameters_stay_fp32_under_a_bf16_cast():
+    m = mixers.get("mamba", 16).to(torch.bfloat16)
+    assert m.A_log.dtype == m.D.dtype == m.dt_proj.bias.dtype == torch.float32
+    assert m.in_proj.weight.dtype == torch.bfloat16
+    y, state = m(torch.randn(2, 9, 16, dtype=torch.bfloat16))
+    assert y.dtype == torch.bfloat16 and state.ssm.dtype == torch.float32
+    assert torch.isfinite(y.float()).all()
+
+
+def test_long_input_is_finite_at_64k():
+    m = mixers.get("mamba", 8, d_state=8)
+    with torch.no_grad():
+        y, state = m(torch.randn(1, 65536, 8))
+    assert torch.isfinite(y).all() and torch.isfinite(state.ssm).all()
+
+
+def test_padding_mask_holds_the_ssm_state():
+    torch.manual_seed(0)
+    m = mixers.get("mamba", 8)
+    x = torch.randn(1, 10, 8)
+    mask = torch.ones(1, 10, dtype=torch.bool)
+    mask[:, 6:] = False
+    _, s_masked = m(x, mask=mask)
+    _, s_short = m(x[:, :6])
+    torch.testing.assert_close(s_masked.ssm, s_short.ssm)
+
+
+def test_state_size_counts_conv_and_ssm_state():
+    m = mixers.get("mamba", 16, d_state=8, d_conv=4, expand=2)
+    assert m.state_size(1) == m.state_size(10**6) == 32 * (3 + 8)
+
+
+def test_bad_configs_and_states_say_what_was_expected():
+    with pytest.raises(ConfigError, match="dt_min"):
+        mixers.get("mamba", 8, dt_min=0.0)
+    with pytest.raises(ConfigError, match="dt_min"):
+        mixers.get("mamba", 8, dt_max=float("nan"))
+    with pytest.raises(ConfigError, match="d_conv must be a positive int"):
+        mixers.get("mamba", 8, d_conv=0)
+    m = mixers.get("mamba", 8, d_state=4)
+    other = mixers.get("mamba", 8, d_state=8).init_state(2)
+    with pytest.raises(MixerInputError, match=r"ssm \(B, E, N\) = \(2, 16, 4\)"):
+        m.step(torch.randn(2, 8), other)
+    with pytest.raises(MixerInputError, match="MambaState"):
+        m.step(torch.randn(2, 8), torch.zeros(2, 16, 4))
+    assert isinstance(m.init_state(2), MambaState)
