@@ -119,7 +119,7 @@ def _write_images(task: Task, examples: list[dict], out: Path, title: str) -> li
         written.append(path)
     cols = min(4, len(images))
     rows = (len(images) + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3.2 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3.5 * rows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, img, ex in zip(axes.flat, images, examples):

@@ -94,8 +94,10 @@ def _ramp(length: float, spacing: float) -> np.ndarray:
 class _Canvas:
     """Contours grown dash by dash on a supersampled grid, with clearance bookkeeping.
 
-    ``owner`` (S, S) holds, for every supersampled cell, the id of the contour whose
-    clearance zone covers it (0 = free), so a new dash can test for collisions in O(dash).
+    Collisions are tested on points sampled along each dash (half a clearance apart), kept
+    in a spatial hash of cells as wide as the largest exclusion distance, so a candidate
+    dash is checked against the few points of the 3×3 cells around it: a handful of float
+    comparisons instead of rasterising its zone.
     """
 
     def __init__(self, c: PathfinderConfig, rng: np.random.Generator) -> None:
@@ -105,13 +107,18 @@ class _Canvas:
         self.step = 2.0 * s  # dash + gap
         self.dash = self.step * c.dash_fraction
         self.width = max(1.0, 0.5 * c.scale) * _SUPER  # line thickness in supersampled cells
-        self.clearance = self.width / 2 + 0.9 * s
+        self.clearance = self.width / 2 + 0.9 * s  # two contours' centre lines stay 2× this apart
         self.margin = 1.5 * s
-        self.owner = np.zeros((self.S, self.S), dtype=np.int32)
-        self.ink = np.zeros((self.S, self.S), dtype=np.int32)  # id of the contour drawn there
         self.marker_radius = max(1.3 * c.scale, 1.8) * _SUPER  # at 32×32 a smaller one is lost among dashes
+        self.reach = self.marker_radius + _SUPER + self.clearance  # keep-out radius around a marker
+        self.cell = 2 * self.clearance
+        self.grid: dict[tuple[int, int], list[tuple[float, float, int, int]]] = {}
+        self.reserved: list[tuple[float, float]] = []
+        self.ink = np.zeros((self.S, self.S), dtype=np.int32)  # id of the contour drawn there
         self.next_id = 1
         self.markers: list[np.ndarray] = []
+        n = max(2, int(math.ceil(self.step / (self.clearance / 2))) + 1)
+        self._probe_t = [self.step * i / (n - 1) for i in range(1, n)]  # the start is the previous end
 
     def _disk_cells(self, points: np.ndarray, radius: float) -> tuple[np.ndarray, np.ndarray]:
         """Cells within ``radius`` of any of ``points`` (P, 2) as (rows, cols), clipped."""
@@ -126,46 +133,63 @@ class _Canvas:
         t = _ramp(length, spacing)
         return start + t * np.array([math.cos(angle), math.sin(angle)])
 
+    def _clear(self, grids, x: float, y: float, cid: int, k: int) -> bool:
+        """Whether a point of dash ``k`` of contour ``cid`` keeps its distance from everything.
+
+        A contour may come close to its own last two dashes (their zones meet at the joints);
+        anything further back can only be reached by turning round, so it counts.
+        """
+        i, j = int(x // self.cell), int(y // self.cell)
+        lim = self.cell * self.cell
+        for grid in grids:
+            for di in (-1, 0, 1):
+                for dj in (-1, 0, 1):
+                    for px, py, pc, pk in grid.get((i + di, j + dj), ()):
+                        if (px - x) ** 2 + (py - y) ** 2 < lim and not (pc == cid and pk >= k - 2):
+                            return False
+        reach = self.reach * self.reach
+        return all((mx - x) ** 2 + (my - y) ** 2 >= reach for mx, my in self.reserved)
+
+    def _add(self, grid, x: float, y: float, cid: int, k: int) -> None:
+        grid.setdefault((int(x // self.cell), int(y // self.cell)), []).append((x, y, cid, k))
+
     def grow(self, length: int, tries: int = 30) -> list[np.ndarray] | None:
         """A contour of ``length`` dashes placed without collisions: its dash sample points."""
         lo, hi = self.margin, self.S - self.margin
+        cid = self.next_id
+        uniform = self.rng.uniform
         for _ in range(tries):
-            pos = self.rng.uniform(lo, hi, size=2)
-            angle = self.rng.uniform(0, 2 * math.pi)
-            if self.owner[int(pos[1]), int(pos[0])]:
+            x, y = uniform(lo, hi), uniform(lo, hi)
+            angle = uniform(0, 2 * math.pi)
+            own: dict[tuple[int, int], list] = {}
+            grids = (self.grid, own)
+            if not self._clear(grids, x, y, cid, 0):
                 continue
-            cid = self.next_id
-            own = np.zeros((self.S, self.S), dtype=np.int32)  # dash index + 1 of this contour's zone
+            self._add(own, x, y, cid, 0)
             dashes: list[np.ndarray] = []
             for k in range(length):
                 for _attempt in range(12):
-                    a = angle + (self.rng.uniform(-self.c.max_turn, self.c.max_turn) if k else 0.0)
-                    end = pos + self.step * np.array([math.cos(a), math.sin(a)])
-                    if not (lo <= end[0] <= hi and lo <= end[1] <= hi):
+                    a = angle + (uniform(-self.c.max_turn, self.c.max_turn) if k else 0.0)
+                    ca, sa = math.cos(a), math.sin(a)
+                    ex, ey = x + self.step * ca, y + self.step * sa
+                    if not (lo <= ex <= hi and lo <= ey <= hi):
                         if k == 0:
-                            angle = self.rng.uniform(0, 2 * math.pi)
+                            angle = uniform(0, 2 * math.pi)
                         continue
-                    # disks of the clearance radius a third of it apart cover the dash's zone
-                    pts = self._samples(pos, a, self.step, max(0.5, self.clearance / 3))
-                    ys, xs = self._disk_cells(pts, self.clearance)
-                    taken = self.owner[ys, xs]
-                    mine = own[ys, xs]
-                    # clearance zones of neighbouring dashes overlap at the joints; only a dash three
-                    # or more back (reachable only by turning round) or another contour is a collision
-                    if taken.any() or (mine[mine > 0] < k - 1).any():
-                        continue
-                    break
+                    if all(self._clear(grids, x + t * ca, y + t * sa, cid, k) for t in self._probe_t):
+                        break
                 else:
                     break
-                own[ys, xs] = np.where(own[ys, xs] == 0, k + 1, own[ys, xs])
-                dashes.append(self._samples(pos, a, self.dash))
-                pos, angle = end, a
+                for t in self._probe_t:
+                    self._add(own, x + t * ca, y + t * sa, cid, k)
+                dashes.append(self._samples(np.array([x, y]), a, self.dash))
+                x, y, angle = ex, ey, a
             if len(dashes) == length:
-                self.owner[own > 0] = cid
+                for key, pts in own.items():
+                    self.grid.setdefault(key, []).extend(pts)
                 self.next_id += 1
-                for pts in dashes:
-                    ys, xs = self._disk_cells(pts, self.width / 2)
-                    self.ink[ys, xs] = cid
+                ys, xs = self._disk_cells(np.concatenate(dashes), self.width / 2)
+                self.ink[ys, xs] = cid
                 return dashes
         return None
 
@@ -176,10 +200,8 @@ class _Canvas:
         return bool(((found == 0) | (found == cid)).all())
 
     def reserve(self, point: np.ndarray, cid: int) -> None:
-        """Keep later contours clear of a marker's disk."""
-        ys, xs = self._disk_cells(point[None, :], self.marker_radius + self.clearance)
-        free = self.owner[ys, xs] == 0
-        self.owner[ys[free], xs[free]] = cid
+        """Keep later contours a visible gap away from a marker's disk."""
+        self.reserved.append((float(point[0]), float(point[1])))
 
     def marker(self, point: np.ndarray, cid: int) -> None:
         self.markers.append(point)

@@ -37,8 +37,8 @@ def _lm_examples(seqs: Tensor, scored: Tensor) -> list[dict[str, Tensor]]:
 
 
 def _distinct_rows(n: int, population: int, k: int, generator: torch.Generator) -> Tensor:
-    """(n, k) rows of distinct values in [0, population), each row a uniform sample."""
-    return torch.rand(n, population, generator=generator).argsort(dim=1)[:, :k]
+    """(n, k) rows of distinct values in [0, population), each row a uniformly random draw in random order."""
+    return torch.rand(n, population, generator=generator).topk(k, dim=1).indices
 
 
 @dataclasses.dataclass
