@@ -72,6 +72,14 @@ def test_features_fixed_in_eval_and_redrawn_on_schedule_in_training():
     assert not torch.equal(seen[2], first) and torch.equal(seen[2], seen[3])
     assert not torch.equal(seen[4], seen[3])
 
+    # a forward that continues a sequence never redraws: its state was summed with the current features
+    m.train()
+    _, state = m(x)
+    kept = m.projection.clone()
+    for _ in range(4):
+        _, state = m(x, state=state)
+    assert torch.equal(m.projection, kept)
+
     never = mixers.get("performer", 16, n_heads=2, n_features=8, feature_redraw_interval=0).train()
     before = never.projection.clone()
     for _ in range(3):

@@ -7,7 +7,9 @@ decoding state: constant in the sequence length.
 
 The random directions are a buffer: fixed in eval mode (so outputs are deterministic
 between calls) and redrawn every ``feature_redraw_interval`` training forwards, which
-keeps the model from fitting one particular draw. ``redraw_features()`` redraws on demand.
+keeps the model from fitting one particular draw. Only forwards that start a sequence
+(no ``state``) count and redraw, since a carried state was summed with the current
+features. ``redraw_features()`` redraws on demand.
 """
 
 from __future__ import annotations
@@ -103,8 +105,9 @@ class Performer(Mixer):
         self.projection.copy_(w.to(self.projection))
         self.forwards_since_redraw = 0
 
-    def _maybe_redraw(self) -> None:
-        if not self.training or self.redraw_interval == 0:
+    def _maybe_redraw(self, state: FavorState | None) -> None:
+        # only where a sequence starts: a carried (S, z) was summed with the current features
+        if not self.training or self.redraw_interval == 0 or state is not None:
             return
         if self.forwards_since_redraw >= self.redraw_interval:
             self.redraw_features()
@@ -141,7 +144,7 @@ class Performer(Mixer):
         return qf, kf, v
 
     def _forward(self, x: Tensor, state: FavorState | None, mask: Tensor | None) -> tuple[Tensor, FavorState | None]:
-        self._maybe_redraw()
+        self._maybe_redraw(state)
         b, t, d = x.shape
         qf, kf, v = self._features(x, mask)
         sums = (state.kv, state.k_sum) if state is not None else None
