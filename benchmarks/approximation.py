@@ -128,7 +128,7 @@ def main() -> None:
         exact = attention_reference(q, k, v, causal=False)
         # the zero-budget baseline: uniform attention, every output the mean value
         uniform = rel_error(v.mean(2, keepdim=True).expand_as(exact), exact)
-        results.append(dict(inputs=kind, sigma=sigma, method="uniform (mean of V)", budget=0, error=uniform, std=0.0, draws=1))
+        results.append({"inputs": kind, "sigma": sigma, "method": "uniform (mean of V)", "budget": 0, "error": uniform, "std": 0.0, "draws": 1})
         runs = {
             "performer (FAVOR+)": [
                 (m, performer_error(q, k, v, exact, m, args.draws, g)) for m in budgets_up_to(args.max_features, 16)
@@ -144,8 +144,8 @@ def main() -> None:
             for budget, errors in points:
                 mean = sum(errors) / len(errors)
                 std = (sum((e - mean) ** 2 for e in errors) / max(1, len(errors) - 1)) ** 0.5
-                results.append(dict(inputs=kind, sigma=sigma, method=method, budget=budget, error=mean, std=std,
-                                    draws=len(errors)))
+                results.append({"inputs": kind, "sigma": sigma, "method": method, "budget": budget, "error": mean, "std": std,
+                                    "draws": len(errors)})
         print(f"{kind} sigma={sigma}: done after {time.time() - start:.0f} s", flush=True)
 
     methods = list(dict.fromkeys(r["method"] for r in results if r["budget"]))
@@ -154,7 +154,7 @@ def main() -> None:
         print(f"\nrelative error vs exact softmax attention, T={t}, K={dk}, {kind} inputs, sigma={sigma} "
               f"(logit std {sigma**2:.2f})")
         here = [r for r in results if r["inputs"] == kind and r["sigma"] == sigma]
-        base = [r for r in here if r["budget"] == 0][0]
+        base = next(r for r in here if r["budget"] == 0)
         print(f"baseline, uniform attention (mean of V): {base['error']:.4f}")
         print(f"{'budget':>8} " + " ".join(f"{m:>22}" for m in methods))
         for b in budgets:
@@ -165,9 +165,9 @@ def main() -> None:
             print(f"{b:>8} " + " ".join(cells))
 
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    meta = dict(seq_len=t, head_dim=dk, heads=args.heads, draws=args.draws, seed=args.seed,
-                torch=torch.__version__, machine=platform.machine(), seconds=round(time.time() - start, 1))
-    args.json.write_text(json.dumps(dict(meta=meta, results=results), indent=1))
+    meta = {"seq_len": t, "head_dim": dk, "heads": args.heads, "draws": args.draws, "seed": args.seed,
+                "torch": torch.__version__, "machine": platform.machine(), "seconds": round(time.time() - start, 1)}
+    args.json.write_text(json.dumps({"meta": meta, "results": results}, indent=1))
     print(f"\nwrote {args.json}")
     plot(results, regimes, t, dk, args.plot)
     print(f"wrote {args.plot}")
@@ -188,7 +188,7 @@ def plot(results: list[dict], regimes: list[tuple[str, float]], t: int, dk: int,
     for (kind, sigma) in regimes:
         ax = axes[kinds.index(kind)][sigmas.index(sigma)]
         here = [r for r in results if r["inputs"] == kind and r["sigma"] == sigma]
-        base = [r for r in here if r["budget"] == 0][0]
+        base = next(r for r in here if r["budget"] == 0)
         ax.axhline(base["error"], color="black", lw=0.8, ls="--", label=base["method"])
         for method in dict.fromkeys(r["method"] for r in here if r["budget"]):
             pts = [r for r in here if r["method"] == method]

@@ -129,12 +129,12 @@ def main() -> None:
                 if name == "attention (sdpa)" and t > args.max_sdpa_len:
                     skip = f"T > --max-sdpa-len {args.max_sdpa_len}"
                 if skip:
-                    results.append(dict(model=name, seq_len=t, seconds=None, peak_mib=None, skipped=skip))
+                    results.append({"model": name, "seq_len": t, "seconds": None, "peak_mib": None, "skipped": skip})
                     continue
                 fn = make(t)
                 fn()  # warm-up
                 seconds, peak = measure(fn, args.repeats)
-                results.append(dict(model=name, seq_len=t, seconds=seconds, peak_mib=peak))
+                results.append({"model": name, "seq_len": t, "seconds": seconds, "peak_mib": peak})
                 print(f"{name:>22} T={t:>6}: {seconds * 1e3:9.1f} ms  {peak:8.1f} MiB", flush=True)
 
     names = list(makers)
@@ -158,9 +158,9 @@ def main() -> None:
         print(f"{n:>22}: T={b['seq_len']}: time x{b['seconds'] / a['seconds']:.1f}, memory x{mem:.1f}")
 
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    meta = dict(d_model=args.d_model, heads=args.heads, budget=args.budget, threads=args.threads,
-                repeats=args.repeats, torch=torch.__version__, machine=platform.machine())
-    args.json.write_text(json.dumps(dict(meta=meta, results=results), indent=1))
+    meta = {"d_model": args.d_model, "heads": args.heads, "budget": args.budget, "threads": args.threads,
+                "repeats": args.repeats, "torch": torch.__version__, "machine": platform.machine()}
+    args.json.write_text(json.dumps({"meta": meta, "results": results}, indent=1))
     print(f"wrote {args.json}")
     plot(results, names, args.plot)
     print(f"wrote {args.plot}")

@@ -16,7 +16,7 @@ from longarena.testing.conformance import rel_error
 
 @pytest.mark.parametrize(
     "config",
-    [dict(), dict(kernel="relu"), dict(causal=False)],
+    [{}, {"kernel": "relu"}, {"causal": False}],
     ids=["causal-softmax", "causal-relu", "bidirectional"],
 )
 def test_performer_conformance(config):

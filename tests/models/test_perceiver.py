@@ -13,8 +13,8 @@ from longarena.models.perceiver import PerceiverARConfig, PerceiverConfig
 
 
 def _small(**overrides):
-    config = dict(vocab_size=10, num_classes=3, d_model=16, d_latent=16, n_latents=4, n_heads=2,
-                  n_latent_layers=1, n_repeats=3)
+    config = {"vocab_size": 10, "num_classes": 3, "d_model": 16, "d_latent": 16, "n_latents": 4, "n_heads": 2,
+                  "n_latent_layers": 1, "n_repeats": 3}
     return models.get("perceiver", **{**config, **overrides})
 
 
@@ -81,7 +81,7 @@ def test_perceiver_classifier_learns_a_toy_task():
 
 
 def _ar(**overrides):
-    config = dict(vocab_size=11, d_model=16, n_latents=6, n_heads=2, n_layers=2)
+    config = {"vocab_size": 11, "d_model": 16, "n_latents": 6, "n_heads": 2, "n_layers": 2}
     return models.get("perceiver_ar", **{**config, **overrides})
 
 

@@ -254,7 +254,7 @@ class PerceiverAR(nn.Module):
         ``mask: (B, T)`` bool marks real tokens (left padding of a batch of prompts).
         """
         _check_ids(input_ids, self.config.vocab_size)
-        b, t = input_ids.shape
+        t = input_ids.shape[1]
         n = min(self.config.n_latents, t)
         x = self.embed(input_ids)  # (B, T, D)
         k_pos = torch.arange(t, device=input_ids.device)
