@@ -30,7 +30,8 @@ def test_bidirectional_longformer_conformance(config):
 
 def test_causal_longformer_conformance():
     report = check_mixer(
-        lambda: mixers.get("longformer", 32, causal=True, window=3, dilation=(1, 2, 1, 2), block_size=8), long_len=16384
+        lambda: mixers.get("longformer", 32, causal=True, window=3, dilation=(1, 2, 1, 2), block_size=8),
+        long_len=16384,
     )
     assert {"step/float32", "chunked/float32", "causality/float32"} <= set(report.passed)
 
@@ -51,7 +52,11 @@ def explicit_longformer(m, x):
                 qi, kk, vv = qg[i, sl], kg[keys, sl], vg[keys, sl]
             else:
                 d = dil[h]
-                keys = [j for j in range(t) if (abs(i - j) <= m.config.window * d and (i - j) % d == 0) or j in m.global_tokens]
+                keys = [
+                    j
+                    for j in range(t)
+                    if (abs(i - j) <= m.config.window * d and (i - j) % d == 0) or j in m.global_tokens
+                ]
                 qi, kk, vv = q[i, sl], k[keys, sl], v[keys, sl]
             w = torch.softmax(kk @ qi / math.sqrt(hd), 0)
             out[i, sl] = w @ vv
@@ -60,7 +65,9 @@ def explicit_longformer(m, x):
 
 def test_matches_explicit_per_token_computation():
     torch.manual_seed(0)
-    m = mixers.get("longformer", 16, n_heads=2, window=2, dilation=(1, 2), global_tokens=(0, 5), position="none", block_size=4)
+    m = mixers.get(
+        "longformer", 16, n_heads=2, window=2, dilation=(1, 2), global_tokens=(0, 5), position="none", block_size=4
+    )
     with torch.no_grad():  # make the global projections differ from the local ones
         m.global_q_proj.weight.mul_(-0.7)
         m.global_kv_proj.weight.add_(0.1)

@@ -47,7 +47,9 @@ class SparseAttentionMixer(Mixer):
         self.n_heads = config.n_heads
         self.head_dim = config.d_model // config.n_heads
         self.block_size = config.block_size
-        self.position = positions.get(config.position, head_dim=self.head_dim, n_heads=self.n_heads, **config.position_params)
+        self.position = positions.get(
+            config.position, head_dim=self.head_dim, n_heads=self.n_heads, **config.position_params
+        )
         probe = torch.arange(2)
         if self.position.bias(probe, probe) is not None:
             raise ConfigError(

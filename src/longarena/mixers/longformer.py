@@ -49,7 +49,7 @@ class LongformerConfig(SparseAttentionConfig):
         if not dil or any(not isinstance(d, int) or d < 1 for d in dil):
             raise ConfigError(f"dilation must be an int >= 1 or a tuple of them, got {self.dilation!r}")
         if len(dil) not in (1, self.n_heads):
-            raise ConfigError(f"dilation gives {len(dil)} values; give one, or one per head (n_heads = {self.n_heads})")
+            raise ConfigError(f"dilation has {len(dil)} values; give one, or one per head ({self.n_heads})")
         if self.global_tokens is not None:
             bad = [i for i in self.global_tokens if not isinstance(i, int) or i < 0]
             if bad:
@@ -122,7 +122,9 @@ class Longformer(SparseAttentionMixer):
         k, v = kv_proj(x).chunk(2, dim=-1)
         return q, self.rotate(self.split_heads(k), start), self.split_heads(v)
 
-    def _forward(self, x: Tensor, state: WindowCache | None, mask: Tensor | None) -> tuple[Tensor, WindowCache | None]:
+    def _forward(
+        self, x: Tensor, state: WindowCache | None, mask: Tensor | None
+    ) -> tuple[Tensor, WindowCache | None]:
         b, t, _ = x.shape
         check_global_indices(self, self.global_tokens, t)
         backend = self.resolve_backend(x.device)
@@ -133,7 +135,8 @@ class Longformer(SparseAttentionMixer):
             k = torch.cat((state.k.to(k.dtype), k), dim=2)  # (B, H, L+T, K)
             v = torch.cat((state.v.to(v.dtype), v), dim=2)
             key_mask = torch.cat((state.key_mask, key_mask), dim=1)
-        y = self.attend(q, k, v, self.pattern, backend, key_mask=key_mask, q_offset=k.shape[2] - t)  # (B, H, T, K)
+        offset = k.shape[2] - t
+        y = self.attend(q, k, v, self.pattern, backend, key_mask=key_mask, q_offset=offset)  # (B, H, T, K)
         if self.global_tokens:
             rows = torch.tensor(self.global_tokens, device=x.device)
             qg, kg, vg = self._project(x, self.global_q_proj, self.global_kv_proj, 0)

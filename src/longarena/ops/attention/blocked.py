@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from longarena.ops.attention.patterns import Geometry, Pattern, block_layout
+from longarena.ops.attention.patterns import Geometry, MaskFn, Pattern, block_layout
 from longarena.ops.attention.sparse_reference import ScoreBias, check_qkv, index_grids, masked_softmax
 
 DEFAULT_BLOCK = 64
@@ -85,12 +85,20 @@ def blocked_sparse_attention(
 
     if bound.dense_queries is not None:
         rows = bound.dense_queries.nonzero().squeeze(1)  # (G,)
-        out = out.index_copy(2, rows, _dense_rows(q, k, v, bound.allowed, rows, key_valid[:, :tk], score_bias, scale))
+        dense = _dense_rows(q, k, v, bound.allowed, rows, key_valid[:, :tk], score_bias, scale)  # (B, H, G, V)
+        out = out.index_copy(2, rows, dense)
     return out.to(q.dtype)
 
 
 def _dense_rows(
-    q: Tensor, k: Tensor, v: Tensor, allowed_fn, rows: Tensor, key_valid: Tensor, score_bias: ScoreBias | None, scale: float
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    allowed_fn: MaskFn,
+    rows: Tensor,
+    key_valid: Tensor,
+    score_bias: ScoreBias | None,
+    scale: float,
 ) -> Tensor:
     """Attention of the query ``rows`` (G,) over every key: (B, H, G, V), at least float32."""
     b, h = q.shape[:2]

@@ -163,7 +163,7 @@ class SlidingWindow(Pattern):
             raise ValueError(f"window must be an int >= 0 (keys on one side), got {self.window!r}")
         dil = (self.dilation,) if isinstance(self.dilation, int) else tuple(self.dilation)
         if not dil or any(not isinstance(d, int) or d < 1 for d in dil):
-            raise ValueError(f"dilation must be an int >= 1 or a tuple of them, one per head; got {self.dilation!r}")
+            raise ValueError(f"dilation must be an int >= 1 or a tuple of them (one per head), got {self.dilation!r}")
 
     @property
     def dilations(self) -> tuple[int, ...]:
@@ -234,7 +234,8 @@ class KeyRange(Pattern):
 
         def blocks(grid: BlockGrid, exclude_dense_rows: bool) -> tuple[Tensor, Tensor]:
             ones = torch.ones_like(grid.q_lo, dtype=torch.bool)
-            return ones & (grid.k_hi >= start) & (grid.k_lo < stop), ones & (grid.k_lo >= start) & (grid.k_hi < stop)
+            touches = ones & (grid.k_hi >= start) & (grid.k_lo < stop)
+            return touches, ones & (grid.k_lo >= start) & (grid.k_hi < stop)
 
         return BoundPattern(geo, allowed, blocks)
 
@@ -340,7 +341,8 @@ class RandomBlocks(Pattern):
     def __post_init__(self) -> None:
         if self.block < 1 or self.n_random < 0 or self.n_heads < 1:
             raise ValueError(
-                f"RandomBlocks needs block >= 1, n_random >= 0, n_heads >= 1; got {self.block}, {self.n_random}, {self.n_heads}"
+                "RandomBlocks needs block >= 1, n_random >= 0, n_heads >= 1; "
+                f"got {self.block}, {self.n_random}, {self.n_heads}"
             )
 
     def table(self, geo: Geometry) -> Tensor:

@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
@@ -32,7 +34,16 @@ def sparse_backends_for(device: torch.device | str) -> tuple[str, ...]:
     return ("reference", "blocked")
 
 
-def sparse_attention(q: Tensor, k: Tensor, v: Tensor, pattern: Pattern, *, backend: str = "blocked", block_size: int | None = None, **kwargs) -> Tensor:
+def sparse_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    pattern: Pattern,
+    *,
+    backend: str = "blocked",
+    block_size: int | None = None,
+    **kwargs: Any,
+) -> Tensor:
     """Sparse softmax attention under ``pattern`` through the named backend.
 
     q: (B, H, Tq, K); k: (B, Hkv, Tk, K); v: (B, Hkv, Tk, V). Keyword arguments

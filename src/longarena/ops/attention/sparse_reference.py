@@ -23,13 +23,17 @@ ScoreBias = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
 def check_qkv(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor | None) -> None:
     """Raise ValueError unless q: (B, H, Tq, K), k: (B, Hkv, Tk, K), v: (B, Hkv, Tk, V)."""
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
-        raise ValueError(f"q, k, v must be (B, H, T, K); got shapes {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+        shapes = f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
+        raise ValueError(f"q, k, v must be (B, H, T, K); got shapes {shapes}")
     if k.shape[:3] != v.shape[:3] or q.shape[0] != k.shape[0] or q.shape[-1] != k.shape[-1]:
-        raise ValueError(f"q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)} do not fit (B, H, T, K) together")
+        shapes = f"q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}"
+        raise ValueError(f"{shapes} do not fit (B, H, T, K) together")
     if q.shape[1] % k.shape[1]:
         raise ValueError(f"query heads ({q.shape[1]}) must be a multiple of key/value heads ({k.shape[1]})")
     if key_mask is not None and (key_mask.dtype != torch.bool or key_mask.shape != (k.shape[0], k.shape[2])):
-        raise ValueError(f"key_mask must be bool (B, Tk) = {(k.shape[0], k.shape[2])}, got {key_mask.dtype} {tuple(key_mask.shape)}")
+        raise ValueError(
+            f"key_mask must be bool (B, Tk) = {(k.shape[0], k.shape[2])}, got {key_mask.dtype} {tuple(key_mask.shape)}"
+        )
 
 
 def masked_softmax(scores: Tensor, allowed: Tensor) -> Tensor:
