@@ -159,6 +159,7 @@ def train_segments(
     segment_len: int | None = None,
     bptt: int | None = 1,
     aux_weight: float = 1.0,
+    carry: bool = True,
     **forward_kwargs: Any,
 ) -> float:
     """Accumulate the gradient of the sequence's mean loss with truncated BPTT; returns the loss.
@@ -166,7 +167,8 @@ def train_segments(
     ``backward`` runs once per window of ``bptt`` segments (None: once for the whole
     sequence), so the graph of one window is alive at a time. Outputs with an
     ``aux_loss`` (the Compressive Transformer's reconstruction loss) add
-    ``aux_weight * aux_loss`` per segment. The caller zeroes and steps the optimizer.
+    ``aux_weight * aux_loss`` per segment. ``carry=False`` resets the state at every
+    segment (the memory-off ablation). The caller zeroes and steps the optimizer.
     """
     _check_bptt(bptt)
     labels = next_token_labels(input_ids) if labels is None else labels
@@ -177,7 +179,7 @@ def train_segments(
     window = len(bounds) if bptt is None else bptt
     state, objective, total = None, None, 0.0
     for i, (s, e) in enumerate(bounds):
-        out = model(input_ids[:, s:e], state=state, labels=labels[:, s:e], **forward_kwargs)
+        out = model(input_ids[:, s:e], state=state if carry else None, labels=labels[:, s:e], **forward_kwargs)
         n = _scored(labels[:, s:e])
         term = out.loss * (n / count) if n else out.logits.sum() * 0.0
         total += float(term.detach())
