@@ -51,7 +51,7 @@ def test_padding_does_not_leak():
         # an explicit mask works the same and overrides pad_id
         garbage = torch.cat([ids, torch.randint(1, 10, (1, 5))], dim=1)
         mask = torch.arange(12)[None] < 7
-        torch.testing.assert_close(m(garbage, mask=mask), m(ids), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(m(garbage, attention_mask=mask), m(ids), rtol=1e-5, atol=1e-5)
 
 
 def test_perceiver_classifier_learns_a_toy_task():
@@ -112,7 +112,7 @@ def test_perceiver_ar_left_padding_does_not_leak():
     mask = torch.arange(13)[None] >= 4
     with torch.no_grad():
         # positions differ by the pad offset, but RoPE is relative, so outputs agree
-        torch.testing.assert_close(m(padded, mask=mask), m(ids), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(m(padded, attention_mask=mask), m(ids), rtol=1e-4, atol=1e-5)
 
 
 def test_perceiver_ar_learns_a_periodic_sequence():
@@ -138,13 +138,15 @@ def test_bad_inputs_and_configs_say_what_was_expected():
         m(torch.randn(2, 5))
     with pytest.raises(ValueError, match=r"token ids must lie in \[0, vocab_size = 10\)"):
         m(torch.tensor([[3, 10]]))
-    with pytest.raises(ValueError, match="mask must be a bool tensor"):
-        m(torch.tensor([[3, 4]]), mask=torch.ones(1, 3, dtype=torch.bool))
+    with pytest.raises(ValueError, match="attention_mask must be a bool tensor"):
+        m(torch.tensor([[3, 4]]), attention_mask=torch.ones(1, 3, dtype=torch.bool))
     with pytest.raises(ConfigError, match=r"d_latent \(10\) must be a multiple of n_heads \(4\)"):
         models.get("perceiver", d_latent=10, n_heads=4)
     with pytest.raises(ConfigError, match="n_latents must be a positive int"):
         models.get("perceiver_ar", n_latents=0)
     with pytest.raises(ValueError, match="integer tensor"):
         _ar()(torch.randn(1, 4))
+    with pytest.raises(ValueError, match=r"attention_mask must be a bool tensor of shape \(B, T\) = \(1, 4\)"):
+        _ar()(torch.tensor([[1, 2, 3, 4]]), attention_mask=torch.ones(1, 4))
     config = PerceiverARConfig(d_model=32, n_latents=8)
     assert PerceiverARConfig.from_dict(config.to_dict()) == config

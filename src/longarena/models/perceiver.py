@@ -5,7 +5,7 @@ reads the input ``(T, D)`` through cross-attention (cost O(N·T)), then a stack 
 self-attention blocks (O(N²), independent of T) refines it. The read-then-think pair is
 repeated ``n_repeats`` times; with ``share_weights`` (the paper's choice) every repeat after
 the first reuses one cross-attention block, and every repeat reuses one latent stack.
-The class logits come from the mean latent. Padding (``mask`` or ``pad_id``) is kept out
+The class logits come from the mean latent. Padding (``attention_mask`` or ``pad_id``) is kept out
 of every cross-attention, so it cannot leak. Non-causal by nature.
 
 **Perceiver AR** (``"perceiver_ar"``, a causal LM): the last ``N`` positions of the input
@@ -59,7 +59,7 @@ class PerceiverConfig(Config):
     #: repeats after the first share one cross-attention; all repeats share one latent stack
     share_weights: bool = True
     mlp_ratio: int = 4
-    #: token id treated as padding when no mask is given (None: no padding id)
+    #: token id treated as padding when no attention_mask is given (None: no padding id)
     pad_id: int | None = None
     backend: str = "sdpa"
 
@@ -113,6 +113,14 @@ def _check_ids(input_ids: Tensor, vocab_size: int) -> None:
         raise ValueError(
             f"token ids must lie in [0, vocab_size = {vocab_size}), got ids in "
             f"[{int(input_ids.min())}, {int(input_ids.max())}]"
+        )
+
+
+def _check_mask(mask: Tensor | None, input_ids: Tensor) -> None:
+    if mask is not None and (mask.shape != input_ids.shape or mask.dtype != torch.bool):
+        raise ValueError(
+            f"attention_mask must be a bool tensor of shape (B, T) = {tuple(input_ids.shape)}, "
+            f"got {mask.dtype} {tuple(mask.shape)}"
         )
 
 
@@ -207,14 +215,14 @@ class PerceiverClassifier(nn.Module):
         self.norm = nn.LayerNorm(c.d_latent)
         self.head = nn.Linear(c.d_latent, c.num_classes)
 
-    def forward(self, input_ids: Tensor, mask: Tensor | None = None) -> Tensor:
-        """input_ids (B, T) int, mask (B, T) bool (True = real token) -> logits (B, num_classes)."""
+    def forward(self, input_ids: Tensor, *, attention_mask: Tensor | None = None) -> Tensor:
+        """input_ids (B, T) int, attention_mask (B, T) bool (True = real token) -> logits (B, num_classes)."""
         _check_ids(input_ids, self.config.vocab_size)
         b, t = input_ids.shape
+        mask = attention_mask
         if mask is None and self.config.pad_id is not None:
             mask = input_ids != self.config.pad_id
-        if mask is not None and (mask.shape != input_ids.shape or mask.dtype != torch.bool):
-            raise ValueError(f"mask must be a bool tensor of shape (B, T) = {(b, t)}, got {mask.dtype} {tuple(mask.shape)}")
+        _check_mask(mask, input_ids)
         inputs = self.embed(input_ids) + sinusoidal_positions(t, self.config.d_model, input_ids.device)  # (B, T, D)
         z = self.latents.expand(b, -1, -1)  # (B, N, D_lat)
         for r in range(self.config.n_repeats):
@@ -248,12 +256,14 @@ class PerceiverAR(nn.Module):
         if c.tie_embeddings:
             self.lm_head.weight = self.embed.weight
 
-    def forward(self, input_ids: Tensor, mask: Tensor | None = None) -> Tensor:
+    def forward(self, input_ids: Tensor, *, attention_mask: Tensor | None = None) -> Tensor:
         """input_ids (B, T) -> next-token logits (B, N', vocab) of the last N' = min(N, T) positions.
 
-        ``mask: (B, T)`` bool marks real tokens (left padding of a batch of prompts).
+        ``attention_mask: (B, T)`` bool marks real tokens (left padding of a batch of prompts).
         """
         _check_ids(input_ids, self.config.vocab_size)
+        _check_mask(attention_mask, input_ids)
+        mask = attention_mask
         t = input_ids.shape[1]
         n = min(self.config.n_latents, t)
         x = self.embed(input_ids)  # (B, T, D)
@@ -266,9 +276,10 @@ class PerceiverAR(nn.Module):
             z = layer(z, causal=True, pos=q_pos, key_mask=latent_mask)
         return self.lm_head(self.norm(z))
 
-    def loss(self, input_ids: Tensor, mask: Tensor | None = None) -> Tensor:
+    def loss(self, input_ids: Tensor, *, attention_mask: Tensor | None = None) -> Tensor:
         """Mean next-token cross-entropy over the latent positions that have a next token."""
-        logits = self(input_ids[:, :-1], mask[:, :-1] if mask is not None else None)  # (B, N', V)
+        mask = attention_mask
+        logits = self(input_ids[:, :-1], attention_mask=mask[:, :-1] if mask is not None else None)  # (B, N', V)
         n = logits.shape[1]
         targets = input_ids[:, -n:]
         if mask is not None:
