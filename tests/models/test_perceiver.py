@@ -80,6 +80,25 @@ def test_perceiver_classifier_learns_a_toy_task():
     assert accuracy > 0.9, accuracy
 
 
+def test_dual_encoder_reads_both_sequences_with_one_encoder():
+    torch.manual_seed(0)
+    config = {"vocab_size": 10, "num_classes": 2, "d_model": 16, "d_latent": 16, "n_latents": 4, "n_heads": 2,
+              "n_latent_layers": 1, "n_repeats": 1, "pad_id": 0}
+    m = models.get("perceiver_dual", **config).eval()
+    a, b = torch.randint(1, 10, (2, 9)), torch.randint(1, 10, (2, 5))
+    with torch.no_grad():
+        logits = m(a, b)
+        assert logits.shape == (2, 2)
+        u, v = m.encode(a), m.encode(b)
+        expected = m.head(torch.cat([u, v, u * v, u - v], dim=-1))
+        torch.testing.assert_close(logits, expected)
+        # padding of the second sequence does not leak
+        padded_b = torch.cat([b, torch.zeros(2, 4, dtype=torch.long)], dim=1)
+        torch.testing.assert_close(m(a, padded_b), logits, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="input_ids_2 must be an integer tensor"):
+        m(a, torch.randn(2, 5))
+
+
 def _ar(**overrides):
     config = {"vocab_size": 11, "d_model": 16, "n_latents": 6, "n_heads": 2, "n_layers": 2}
     return models.get("perceiver_ar", **{**config, **overrides})
@@ -136,7 +155,7 @@ def test_bad_inputs_and_configs_say_what_was_expected():
     m = _small()
     with pytest.raises(ValueError, match=r"integer tensor of shape \(B, T\)"):
         m(torch.randn(2, 5))
-    with pytest.raises(ValueError, match=r"token ids must lie in \[0, vocab_size = 10\)"):
+    with pytest.raises(ValueError, match=r"token ids of input_ids must lie in \[0, vocab_size = 10\)"):
         m(torch.tensor([[3, 10]]))
     with pytest.raises(ValueError, match="attention_mask must be a bool tensor"):
         m(torch.tensor([[3, 4]]), attention_mask=torch.ones(1, 3, dtype=torch.bool))

@@ -8,6 +8,9 @@ the first reuses one cross-attention block, and every repeat reuses one latent s
 The class logits come from the mean latent. Padding (``attention_mask`` or ``pad_id``) is kept out
 of every cross-attention, so it cannot leak. Non-causal by nature.
 
+``"perceiver_dual"`` is the pair classifier of retrieval tasks: the same encoder reads both
+sequences and an MLP classifies ``[u, v, u*v, u-v]`` of the two pooled latents.
+
 **Perceiver AR** (``"perceiver_ar"``, a causal LM): the last ``N`` positions of the input
 are the latents. Their cross-attention to the whole sequence is causally masked (the
 latent at position p sees tokens <= p), then causal latent self-attention follows, so the
@@ -105,13 +108,13 @@ def _check_backend(backend: str) -> None:
         raise ConfigError(f"backend must be 'reference' or 'sdpa', got {backend!r}")
 
 
-def _check_ids(input_ids: Tensor, vocab_size: int) -> None:
+def _check_ids(input_ids: Tensor, vocab_size: int, name: str = "input_ids") -> None:
     if not isinstance(input_ids, Tensor) or input_ids.dim() != 2 or input_ids.is_floating_point():
         got = f"{input_ids.dtype} {tuple(input_ids.shape)}" if isinstance(input_ids, Tensor) else type(input_ids).__name__
-        raise ValueError(f"input_ids must be an integer tensor of shape (B, T), got {got}")
+        raise ValueError(f"{name} must be an integer tensor of shape (B, T), got {got}")
     if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= vocab_size):
         raise ValueError(
-            f"token ids must lie in [0, vocab_size = {vocab_size}), got ids in "
+            f"token ids of {name} must lie in [0, vocab_size = {vocab_size}), got ids in "
             f"[{int(input_ids.min())}, {int(input_ids.max())}]"
         )
 
@@ -217,7 +220,11 @@ class PerceiverClassifier(nn.Module):
 
     def forward(self, input_ids: Tensor, *, attention_mask: Tensor | None = None) -> Tensor:
         """input_ids (B, T) int, attention_mask (B, T) bool (True = real token) -> logits (B, num_classes)."""
-        _check_ids(input_ids, self.config.vocab_size)
+        return self.head(self.encode(input_ids, attention_mask=attention_mask))
+
+    def encode(self, input_ids: Tensor, *, attention_mask: Tensor | None = None, name: str = "input_ids") -> Tensor:
+        """The pooled latent: input_ids (B, T) -> (B, D_lat)."""
+        _check_ids(input_ids, self.config.vocab_size, name)
         b, t = input_ids.shape
         mask = attention_mask
         if mask is None and self.config.pad_id is not None:
@@ -229,7 +236,30 @@ class PerceiverClassifier(nn.Module):
             z = self.cross[min(r, len(self.cross) - 1)](z, inputs, key_mask=mask)
             for block in self.stacks[min(r, len(self.stacks) - 1)]:
                 z = block(z)
-        return self.head(self.norm(z.mean(dim=1)))
+        return self.norm(z.mean(dim=1))
+
+
+@register("perceiver_dual")
+class PerceiverDualEncoder(PerceiverClassifier):
+    """Perceiver pair classifier for retrieval (LRA AAN): one shared encoder, features [u, v, u*v, u-v]."""
+
+    def __init__(self, config: PerceiverConfig) -> None:
+        super().__init__(config)
+        d = config.d_latent
+        self.head = nn.Sequential(nn.Linear(4 * d, d), nn.GELU(), nn.Linear(d, config.num_classes))
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        input_ids_2: Tensor,
+        *,
+        attention_mask: Tensor | None = None,
+        attention_mask_2: Tensor | None = None,
+    ) -> Tensor:
+        """Two sequences (B, T1), (B, T2) -> logits (B, num_classes)."""
+        u = self.encode(input_ids, attention_mask=attention_mask)
+        v = self.encode(input_ids_2, attention_mask=attention_mask_2, name="input_ids_2")
+        return self.head(torch.cat([u, v, u * v, u - v], dim=-1))
 
 
 @register("perceiver_ar")
