@@ -301,15 +301,24 @@ class Task:
             else:
                 config = self.config.to_dict()
                 ctx = multiprocessing.get_context("spawn")  # fork under torch threads can deadlock
-                with futures.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init) as pool:
-                    pending = {
-                        pool.submit(_generate_shard, type(self), config, name, i, size): i
-                        for i, size in enumerate(sizes)
-                    }
-                    for done in futures.as_completed(pending):
-                        i = pending[done]
-                        parts[i] = ExampleDataset.from_state(done.result())
-                        bar.advance(job, sizes[i])
+                try:
+                    with futures.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init) as pool:
+                        pending = {
+                            pool.submit(_generate_shard, type(self), config, name, i, size): i
+                            for i, size in enumerate(sizes)
+                        }
+                        for done in futures.as_completed(pending):
+                            i = pending[done]
+                            parts[i] = ExampleDataset.from_state(done.result())
+                            bar.advance(job, sizes[i])
+                except futures.process.BrokenProcessPool as e:
+                    # typically a script without `if __name__ == "__main__":`, which spawned
+                    # workers re-run; the shards are seeded, so finishing here gives the same data
+                    print(f"longarena: worker processes failed ({e}); generating in this process", file=sys.stderr)
+                    for i, size in enumerate(sizes):
+                        if parts[i] is None:
+                            parts[i] = self._shard(name, i, size)
+                            bar.advance(job, size)
         return ExampleDataset.concat([p for p in parts if p is not None])
 
     def collate(self, examples: list[dict[str, Tensor]]) -> dict[str, Tensor]:
