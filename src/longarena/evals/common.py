@@ -1,0 +1,81 @@
+"""Pieces shared by the runners: the too-long policy, progress callbacks, JSON and figure output."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from longarena.evals.adapter import Adapter, EvalError
+
+#: progress(done, total, message) -- the CLI passes a rich progress bar's update here
+Progress = Callable[[int, int, str], None] | None
+
+POLICIES = ("mark", "refuse")
+
+
+def check_policy(policy: str) -> None:
+    if policy not in POLICIES:
+        raise EvalError(f"on_too_long must be one of {POLICIES}, got {policy!r}")
+
+
+def beyond_context(adapter: Adapter, n_tokens: int, policy: str, what: str) -> bool:
+    """Whether ``n_tokens`` exceed the trained context; warns ('mark') or raises ('refuse')."""
+    if not adapter.check_length(n_tokens):
+        return False
+    message = (
+        f"{what}: {n_tokens} tokens exceed {adapter.name}'s trained context of {adapter.max_length}; "
+        "the result is marked beyond_context"
+    )
+    if policy == "refuse":
+        raise EvalError(message.replace("the result is marked beyond_context", "refusing (on_too_long='refuse')"))
+    warnings.warn(message, stacklevel=3)
+    return True
+
+
+def tick(progress: Progress, done: int, total: int, message: str = "") -> None:
+    if progress is not None:
+        progress(done, total, message)
+
+
+def clean(value: Any) -> Any:
+    """JSON-safe copy: NaN/inf become None, tuples lists, Paths strings."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [clean(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def write_json(data: dict[str, Any], path: str | os.PathLike) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(clean(data), indent=2, ensure_ascii=False))
+    os.replace(tmp, path)
+    return path
+
+
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend (evals run on headless machines)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def require_file(path: str | os.PathLike, what: str, hint: str) -> Path:
+    path = Path(path)
+    if not path.exists():
+        raise EvalError(f"{what} not found at {path}; {hint}")
+    return path
