@@ -70,18 +70,27 @@ def blocked_sparse_attention(
     kg = kb[bi, hi, idx].flatten(3, 4)  # (B, H, nQb, M*C, K)
     vg = vb[bi, hi, idx].flatten(3, 4)  # (B, H, nQb, M*C, V)
 
-    k_pos = (idx[..., None] * c + torch.arange(c, device=q.device)).flatten(3, 4)  # (Bl, Hl, nQb, M*C)
+    # int32 positions: the mask is built on (B, H, nQb, C, M*C) grids, half the memory of int64
+    k_pos = (idx.int()[..., None] * c + torch.arange(c, device=q.device, dtype=torch.int32)).flatten(3, 4)
     k_pos = k_pos.unsqueeze(3)  # (Bl, Hl, nQb, 1, M*C)
-    q_pos = torch.arange(n_q * c, device=q.device).view(1, 1, n_q, c, 1)
+    q_pos = torch.arange(n_q * c, device=q.device, dtype=torch.int32).view(1, 1, n_q, c, 1)
     b5, h5 = bi.unsqueeze(-1), torch.arange(h, device=q.device).view(1, -1, 1, 1, 1)
     allowed = bound.allowed(b5, h5, q_pos, k_pos)
-    allowed = allowed & slot_used.repeat_interleave(c, dim=-1).unsqueeze(3) & key_valid[b5, k_pos]
+    if not bool(slot_used.all()):  # unused slots repeat block 0: mask them out
+        allowed = allowed & slot_used.repeat_interleave(c, dim=-1).unsqueeze(3)
+    if key_mask is not None:
+        allowed = allowed & key_valid[b5, k_pos]
+    elif tk % c:
+        allowed = allowed & (k_pos < tk)
 
-    scores = torch.einsum("bhiqd,bhikd->bhiqk", qb, kg) * scale  # (B, H, nQb, C, M*C)
+    scores = torch.einsum("bhiqd,bhikd->bhiqk", qb * scale, kg)  # (B, H, nQb, C, M*C)
     if score_bias is not None:
         scores = scores + score_bias(b5, h5, q_pos, k_pos).to(acc)
-    weights = masked_softmax(scores, allowed)
-    out = torch.einsum("bhiqk,bhikv->bhiqv", weights, vg).flatten(2, 3)[:, :, :tq]  # (B, H, Tq, V)
+    # masked_softmax inlined: zeroing the rows without keys on the (C, V) output instead of
+    # the (C, M*C) weights saves a full pass over the largest tensor
+    weights = torch.softmax(scores.masked_fill(~allowed, -1e30), dim=-1)
+    out = torch.einsum("bhiqk,bhikv->bhiqv", weights, vg) * allowed.any(dim=-1, keepdim=True)
+    out = out.flatten(2, 3)[:, :, :tq]  # (B, H, Tq, V)
 
     if bound.dense_queries is not None:
         rows = bound.dense_queries.nonzero().squeeze(1)  # (G,)

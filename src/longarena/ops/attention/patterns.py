@@ -179,9 +179,13 @@ class SlidingWindow(Pattern):
         dil = torch.tensor(self.dilations, device=geo.device)  # (Hd,)
         w, off, causal = self.window, geo.q_offset, self.causal
 
+        undilated = max(self.dilations) == 1
+
         def allowed(b: Tensor, h: Tensor, q: Tensor, k: Tensor) -> Tensor:
-            d = dil[_pick(h, dil.numel())]
             rel = q + off - k
+            if undilated:  # the common case, without the per-head table and the remainder
+                return (rel <= w) & (rel >= 0 if causal else rel >= -w)
+            d = dil[_pick(h, dil.numel())]
             inside = (rel <= w * d) & (rel >= 0 if causal else rel >= -w * d)
             return inside & (torch.remainder(rel, d) == 0)
 

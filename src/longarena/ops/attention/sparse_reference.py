@@ -39,14 +39,12 @@ def check_qkv(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor | None) -> None:
 def masked_softmax(scores: Tensor, allowed: Tensor) -> Tensor:
     """Softmax over the last dim of the allowed entries; a row with none gives zeros.
 
-    Written so that fully masked rows give zero weights *and* zero gradients (no NaN),
-    which lets kernels compute padding rows and throw them away.
+    Masked scores get a large finite negative value rather than -inf, so a fully masked
+    row yields finite weights (then zeroed) and finite gradients, never NaN: kernels may
+    compute padding rows and throw them away. ``scores`` must be float32 or wider.
     """
-    scores = scores.masked_fill(~allowed, float("-inf"))
-    top = scores.amax(dim=-1, keepdim=True).detach()
-    top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
-    e = torch.exp(scores - top)
-    return e / e.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(e.dtype).tiny)
+    weights = torch.softmax(scores.masked_fill(~allowed, -1e30), dim=-1)
+    return weights * allowed.any(dim=-1, keepdim=True)
 
 
 def index_grids(batch: int, heads: int, q_len: int, kv_len: int, device: torch.device) -> tuple[Tensor, ...]:
