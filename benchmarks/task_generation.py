@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import time
 
 os.environ.setdefault("LONGARENA_CACHE", "off")
@@ -33,6 +34,10 @@ DEFAULT_TASKS = {
 }
 
 
+def _cpu() -> float:
+    return time.process_time() + resource.getrusage(resource.RUSAGE_CHILDREN).ru_utime
+
+
 def speed(names: list[str], n: int, workers: list[int]) -> list[dict]:
     rows = []
     for name in names:
@@ -40,11 +45,27 @@ def speed(names: list[str], n: int, workers: list[int]) -> list[dict]:
             # shards small enough that every worker gets some
             task = tasks.get(name, **DEFAULT_TASKS.get(name, {}), n_train=n)
             task.shard_size = max(1, min(task.shard_size, -(-n // (4 * w))))
-            start = time.perf_counter()
+            start, cpu0 = time.perf_counter(), _cpu()
             ds = task.split("train", workers=w, progress=False)
-            seconds = time.perf_counter() - start
-            rows.append({"task": name, "n": len(ds), "workers": w, "seconds": round(seconds, 2), "examples_per_s": round(len(ds) / seconds, 1)})
-            print(f"{name:18s} n={len(ds):7d} workers={w}  {seconds:8.2f} s  {len(ds) / seconds:9.1f} ex/s", flush=True)
+            seconds, cpu = time.perf_counter() - start, _cpu() - cpu0
+            # CPU seconds (this process + workers, worker start-up included) do not depend on
+            # how busy the machine is; wall seconds do
+            rows.append(
+                {
+                    "task": name,
+                    "n": len(ds),
+                    "workers": w,
+                    "seconds": round(seconds, 2),
+                    "cpu_seconds": round(cpu, 2),
+                    "examples_per_s": round(len(ds) / seconds, 1),
+                    "examples_per_cpu_s": round(len(ds) / cpu, 1),
+                }
+            )
+            print(
+                f"{name:18s} n={len(ds):7d} workers={w}  {seconds:8.2f} s wall {cpu:8.2f} s cpu  "
+                f"{len(ds) / seconds:9.1f} ex/s  {len(ds) / cpu:9.1f} ex/cpu-s",
+                flush=True,
+            )
     return rows
 
 
@@ -57,8 +78,20 @@ def haystack(tokenizer, lengths: list[int], depths: list[float]) -> list[dict]:
             p = probes.make_needle(length, depth, seed=0, tokenizer=tokenizer)
             seconds = time.perf_counter() - start
             assert count(p.prompt) == p.tokens
-            rows.append({"budget": length, "depth": depth, "tokens": p.tokens, "short_by": length - p.tokens, "depth_reached": round(p.depth, 4), "seconds": round(seconds, 2)})
-            print(f"budget {length:6d} depth {depth:4.2f}: {p.tokens:6d} tokens (short by {length - p.tokens}), needle at {p.depth:.4f}, {seconds:.2f} s", flush=True)
+            rows.append(
+                {
+                    "budget": length,
+                    "depth": depth,
+                    "tokens": p.tokens,
+                    "short_by": length - p.tokens,
+                    "depth_reached": round(p.depth, 4),
+                    "seconds": round(seconds, 2),
+                }
+            )
+            print(
+                f"budget {length:6d} depth {depth:4.2f}: {p.tokens:6d} tokens (short by {length - p.tokens}), needle at {p.depth:.4f}, {seconds:.2f} s",
+                flush=True,
+            )
     return rows
 
 
@@ -67,7 +100,11 @@ def load_tokenizer(folder: str | None, gguf: str | None):
         return None
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(folder, gguf_file=gguf) if gguf else AutoTokenizer.from_pretrained(folder)
+    return (
+        AutoTokenizer.from_pretrained(folder, gguf_file=gguf)
+        if gguf
+        else AutoTokenizer.from_pretrained(folder)
+    )
 
 
 def main() -> None:
@@ -75,7 +112,9 @@ def main() -> None:
     ap.add_argument("--tasks", nargs="*", default=list(DEFAULT_TASKS))
     ap.add_argument("--n", type=int, default=400)
     ap.add_argument("--workers", type=int, nargs="*", default=[1, 2])
-    ap.add_argument("--haystack", action="store_true", help="measure needle budgets instead of generation speed")
+    ap.add_argument(
+        "--haystack", action="store_true", help="measure needle budgets instead of generation speed"
+    )
     ap.add_argument("--tokenizer-dir", default=None)
     ap.add_argument("--gguf", default=None)
     ap.add_argument("--lengths", type=int, nargs="*", default=[1000, 2000, 4000, 8000, 16000])
@@ -83,9 +122,15 @@ def main() -> None:
     ap.add_argument("--out", default="task_generation.json")
     args = ap.parse_args()
     if args.haystack:
-        result = {"haystack": haystack(load_tokenizer(args.tokenizer_dir, args.gguf), args.lengths, args.depths)}
+        result = {
+            "haystack": haystack(load_tokenizer(args.tokenizer_dir, args.gguf), args.lengths, args.depths)
+        }
     else:
-        result = {"speed": speed(args.tasks, args.n, args.workers), "cpus": os.cpu_count()}
+        result = {
+            "speed": speed(args.tasks, args.n, args.workers),
+            "cpus": os.cpu_count(),
+            "load_average": os.getloadavg(),
+        }
     with open(args.out, "w") as f:
         json.dump(result, f, indent=2)
     print(f"wrote {args.out}")

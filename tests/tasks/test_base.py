@@ -110,7 +110,11 @@ def test_cache_can_be_switched_off(monkeypatch):
 
 def test_column_storage_roundtrip_and_compact_dtypes():
     examples = [
-        {"input_ids": torch.tensor([3, 1, 4]), "labels": torch.tensor([IGNORE, 5, 9]), "label": torch.tensor(2)},
+        {
+            "input_ids": torch.tensor([3, 1, 4]),
+            "labels": torch.tensor([IGNORE, 5, 9]),
+            "label": torch.tensor(2),
+        },
         {"input_ids": torch.tensor([1000]), "labels": torch.tensor([7]), "label": torch.tensor(0)},
     ]
     ds = ExampleDataset(examples)

@@ -6,7 +6,6 @@ import pickle
 
 import numpy as np
 import pytest
-import torch
 
 from longarena import tasks
 from longarena.config import ConfigError

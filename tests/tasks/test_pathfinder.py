@@ -26,7 +26,12 @@ def _label_components(mask: np.ndarray) -> np.ndarray:
         while stack:
             cy, cx = stack.pop()
             for ny, nx in ((cy + 1, cx), (cy - 1, cx), (cy, cx + 1), (cy, cx - 1)):
-                if 0 <= ny < mask.shape[0] and 0 <= nx < mask.shape[1] and mask[ny, nx] and not labels[ny, nx]:
+                if (
+                    0 <= ny < mask.shape[0]
+                    and 0 <= nx < mask.shape[1]
+                    and mask[ny, nx]
+                    and not labels[ny, nx]
+                ):
                     labels[ny, nx] = current
                     stack.append((ny, nx))
     return labels

@@ -64,19 +64,23 @@ def test_passkey_is_seeded_and_in_the_prompt():
 def test_multikey_asks_one_key_among_distractors(bpe):
     p = probes.make_multikey(1500, 0.5, num_keys=4, seed=1, tokenizer=bpe)
     hay = _haystack(p)
-    found = dict(re.findall(r"special magic numbers for ([\w-]+) is: (\d+)\.", hay))
-    asked = re.search(r"number for ([\w-]+) mentioned", p.prompt).group(1)
-    assert len(found) == 4 and found[asked] == p.answer and set(p.metadata["distractor_keys"]) == set(found) - {asked}
+    found = dict(re.findall(r"special number for ([\w-]+) is (\d+)\.", hay))
+    asked = re.search(r"given for ([\w-]+) in the text above\?", p.prompt).group(1)
+    assert asked == p.metadata["key"]
+    assert (
+        len(found) == 4
+        and found[asked] == p.answer
+        and set(p.metadata["distractor_keys"]) == set(found) - {asked}
+    )
     assert 1500 - 6 <= p.tokens <= 1500
 
 
 def test_multivalue_returns_every_value_in_the_text():
     p = probes.make_multivalue(800, 0.2, num_values=3, seed=2)
     hay = _haystack(p)
-    key = re.search(r"numbers for ([\w-]+) mentioned", p.prompt).group(1)
-    assert re.findall(rf"for {re.escape(key)} is: (\d+)\.", hay) != [] and sorted(
-        re.findall(rf"for {re.escape(key)} is: (\d+)\.", hay)
-    ) == sorted(p.answers)
+    key = re.search(r"given for ([\w-]+) in the text above\.", p.prompt).group(1)
+    assert key == p.metadata["key"]
+    assert sorted(re.findall(rf"for {re.escape(key)} is (\d+)\.", hay)) == sorted(p.answers)
     assert p.score(" ".join(p.answers[:2])) == pytest.approx(2 / 3)
 
 
@@ -121,8 +125,12 @@ def test_grid_and_bad_input():
 
 def test_custom_needle_and_counter_function():
     p = probes.make_needle(
-        300, 0.5, seed=0, tokenizer=lambda s: s.split(),
+        300,
+        0.5,
+        seed=0,
+        tokenizer=lambda s: s.split(),
         needle="The best thing to do in San Francisco is eat a sandwich.",
-        question="What is the best thing to do in San Francisco?", answer="eat a sandwich",
+        question="What is the best thing to do in San Francisco?",
+        answer="eat a sandwich",
     )
     assert 296 <= len(p.prompt.split()) == p.tokens <= 300 and "eat a sandwich" in p.prompt

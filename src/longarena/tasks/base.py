@@ -15,7 +15,7 @@ expensive task (``parallel = True``) run on all cores. Expensive tasks
 
 from __future__ import annotations
 
-import concurrent.futures as futures
+from concurrent import futures
 import dataclasses
 import hashlib
 import multiprocessing
@@ -89,7 +89,9 @@ class ExampleDataset(Dataset):
                 self._scalars[key] = stacked.to(_compact_dtype(stacked))
                 continue
             if first.dim() != 1:
-                raise ValueError(f"example field {key!r} must be a scalar or 1-D, got shape {tuple(first.shape)}")
+                raise ValueError(
+                    f"example field {key!r} must be a scalar or 1-D, got shape {tuple(first.shape)}"
+                )
             flat = torch.cat(values)
             lengths = torch.tensor([v.shape[0] for v in values], dtype=torch.int64)
             self._flat[key] = flat.to(_compact_dtype(flat))
@@ -156,7 +158,9 @@ class ExampleDataset(Dataset):
         out._dtypes = dict(parts[0]._dtypes)
         for key in parts[0]._scalars:
             vals = [p._scalars[key] for p in parts]
-            out._scalars[key] = torch.cat([v.to(torch.int64) if v.dtype != vals[0].dtype else v for v in vals])
+            out._scalars[key] = torch.cat(
+                [v.to(torch.int64) if v.dtype != vals[0].dtype else v for v in vals]
+            )
         for key in parts[0]._flat:
             flats = [p._flat[key] for p in parts]
             if len({f.dtype for f in flats}) > 1:
@@ -178,7 +182,9 @@ def shard_seed(seed: int, split: str, shard: int) -> int:
     return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
 
-def _generate_shard(cls: type[Task], config: dict[str, Any], split: str, shard: int, n: int) -> dict[str, Any]:
+def _generate_shard(
+    cls: type[Task], config: dict[str, Any], split: str, shard: int, n: int
+) -> dict[str, Any]:
     task = cls(cls.config_class.from_dict(config))
     return task._shard(split, shard, n).state()
 
@@ -277,7 +283,9 @@ class Task:
         g = torch.Generator().manual_seed(shard_seed(self.config.seed, split, shard))
         examples = self.generate(split, n, g)
         if len(examples) != n:
-            raise RuntimeError(f"{type(self).__name__}.generate returned {len(examples)} examples, expected {n}")
+            raise RuntimeError(
+                f"{type(self).__name__}.generate returned {len(examples)} examples, expected {n}"
+            )
         return ExampleDataset(examples)
 
     def _build(self, name: str, progress: bool | None, workers: int | None) -> ExampleDataset:
@@ -286,7 +294,7 @@ class Task:
         if progress is None:
             progress = len(sizes) > 1 and sys.stderr.isatty()
         if workers is None:
-            workers = int(os.environ.get("LONGARENA_WORKERS", 0)) or (os.cpu_count() or 1)
+            workers = int(os.environ.get("LONGARENA_WORKERS", "0")) or (os.cpu_count() or 1)
         workers = max(1, min(workers, len(sizes))) if self.parallel else 1
         parts: list[ExampleDataset | None] = [None] * len(sizes)
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -302,7 +310,9 @@ class Task:
                 config = self.config.to_dict()
                 ctx = multiprocessing.get_context("spawn")  # fork under torch threads can deadlock
                 try:
-                    with futures.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init) as pool:
+                    with futures.ProcessPoolExecutor(
+                        workers, mp_context=ctx, initializer=_worker_init
+                    ) as pool:
                         pending = {
                             pool.submit(_generate_shard, type(self), config, name, i, size): i
                             for i, size in enumerate(sizes)
@@ -314,7 +324,10 @@ class Task:
                 except futures.process.BrokenProcessPool as e:
                     # typically a script without `if __name__ == "__main__":`, which spawned
                     # workers re-run; the shards are seeded, so finishing here gives the same data
-                    print(f"longarena: worker processes failed ({e}); generating in this process", file=sys.stderr)
+                    print(
+                        f"longarena: worker processes failed ({e}); generating in this process",
+                        file=sys.stderr,
+                    )
                     for i, size in enumerate(sizes):
                         if parts[i] is None:
                             parts[i] = self._shard(name, i, size)
@@ -407,7 +420,9 @@ class Task:
             def collate(examples: list[dict[str, Tensor]]) -> dict[str, Tensor]:
                 return self.collate_packed(examples, pack_length)
 
-        return DataLoader(self.split(split), batch_size=batch_size, shuffle=shuffle, collate_fn=collate, generator=g)
+        return DataLoader(
+            self.split(split), batch_size=batch_size, shuffle=shuffle, collate_fn=collate, generator=g
+        )
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.config})"

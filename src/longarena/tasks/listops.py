@@ -58,7 +58,12 @@ _APPLY = (min, max, _median_floor, lambda v: sum(v) % 10)
 
 
 def generate_expression(
-    rng: random.Random, *, max_depth: int = 10, max_args: int = 10, operator_p: float = 0.25, max_length: int = 2000
+    rng: random.Random,
+    *,
+    max_depth: int = 10,
+    max_args: int = 10,
+    operator_p: float = 0.25,
+    max_length: int = 2000,
 ) -> tuple[list[int], int] | None:
     """One random tree as (token ids, value), or None when it reaches ``max_length`` tokens."""
     tokens: list[int] = []
@@ -89,7 +94,12 @@ def evaluate(tokens: list[int] | torch.Tensor) -> int:
     """Value of a tokenised expression, computed with an explicit stack (padding ignored)."""
     if isinstance(tokens, torch.Tensor):
         tokens = tokens.tolist()
-    ops = {"[MIN": min, "[MAX": max, "[MED": lambda v: int(statistics.median(v)), "[SM": lambda v: sum(v) % 10}
+    ops = {
+        "[MIN": min,
+        "[MAX": max,
+        "[MED": lambda v: int(statistics.median(v)),
+        "[SM": lambda v: sum(v) % 10,
+    }
     stack: list[tuple[str, list[int]]] = []
     result: int | None = None
     for t in tokens:
@@ -161,7 +171,8 @@ class ListOpsConfig(TaskConfig):
         if self.min_length < 0 or self.max_length <= self.min_length + 4:
             raise ConfigError(
                 f"need 0 <= min_length and max_length >= min_length + 5 (a tree of min_length < "
-                f"length < max_length must exist), got min_length={self.min_length}, max_length={self.max_length}"
+                f"length < max_length must exist), got min_length={self.min_length}, "
+                f"max_length={self.max_length}"
             )
         # the longest tree the depth and branching allow: every node an operator down to max_depth
         longest = 1
@@ -207,18 +218,28 @@ class ListOps(Task):
         examples = []
         while len(examples) < n:
             tree = generate_expression(
-                rng, max_depth=c.max_depth, max_args=c.max_args, operator_p=c.operator_p, max_length=c.max_length
+                rng,
+                max_depth=c.max_depth,
+                max_args=c.max_args,
+                operator_p=c.operator_p,
+                max_length=c.max_length,
             )
             if tree is None or len(tree[0]) <= c.min_length:
                 continue
             tokens, value = tree
-            examples.append({"input_ids": torch.tensor(tokens, dtype=torch.int64), "label": torch.tensor(value)})
+            examples.append(
+                {"input_ids": torch.tensor(tokens, dtype=torch.int64), "label": torch.tensor(value)}
+            )
         return examples
 
     def split_size(self, name: str) -> int:
         if self.config.data_dir is not None:
             return len(self._official_rows(name))
         return super().split_size(name)
+
+    def cache_path(self, name: str):
+        # files given by the user are read, not cached: a key could not see them change
+        return None if self.config.data_dir is not None else super().cache_path(name)
 
     def _official_rows(self, split: str) -> list[tuple[str, str]]:
         path = Path(self.config.data_dir).expanduser() / OFFICIAL_FILES[split]
@@ -260,13 +281,19 @@ def check(dataset) -> int:
     for i, ex in enumerate(dataset):
         got = evaluate(ex["input_ids"])
         if got != int(ex["label"]):
-            raise AssertionError(f"example {i}: label {int(ex['label'])} but the expression evaluates to {got}")
+            raise AssertionError(
+                f"example {i}: label {int(ex['label'])} but the expression evaluates to {got}"
+            )
     return len(dataset)
 
 
 def stats(dataset) -> dict[str, Any]:
     """Lengths, operator frequencies and label counts of a ListOps split."""
-    lengths = dataset.lengths().tolist() if hasattr(dataset, "lengths") else [len(ex["input_ids"]) for ex in dataset]
+    lengths = (
+        dataset.lengths().tolist()
+        if hasattr(dataset, "lengths")
+        else [len(ex["input_ids"]) for ex in dataset]
+    )
     ops: Counter[str] = Counter()
     labels: Counter[int] = Counter()
     depths = []

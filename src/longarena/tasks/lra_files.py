@@ -166,7 +166,12 @@ class LRAText(FileTask):
             if not files:
                 raise MissingDataError(f"{self.registry_name}: no .txt reviews in {folder}")
             for f in files:
-                examples.append({"input_ids": _bytes(f.read_bytes(), self.config.max_length), "label": torch.tensor(label)})
+                examples.append(
+                    {
+                        "input_ids": _bytes(f.read_bytes(), self.config.max_length),
+                        "label": torch.tensor(label),
+                    }
+                )
         return examples
 
 
@@ -180,7 +185,11 @@ class RetrievalConfig(FileTaskConfig):
             raise ConfigError(f"max_length must be >= 1, got {self.max_length}")
 
 
-AAN_FILES = {"train": "new_aan_pairs.train.tsv", "validation": "new_aan_pairs.eval.tsv", "test": "new_aan_pairs.test.tsv"}
+AAN_FILES = {
+    "train": "new_aan_pairs.train.tsv",
+    "validation": "new_aan_pairs.eval.tsv",
+    "test": "new_aan_pairs.test.tsv",
+}
 
 
 @register("lra_retrieval")
@@ -265,7 +274,9 @@ class LRAImage(FileTask):
 
     def read(self, split):
         base = self._folder()
-        self._require([base / n for n in CIFAR_TRAIN + ["test_batch"]], f"the CIFAR-10 Python batches in {base}")
+        self._require(
+            [base / n for n in CIFAR_TRAIN + ["test_batch"]], f"the CIFAR-10 Python batches in {base}"
+        )
         names = ["test_batch"] if split == "test" else CIFAR_TRAIN
         examples = []
         for name in names:
@@ -274,14 +285,18 @@ class LRAImage(FileTask):
             data = np.asarray(batch[b"data"], dtype=np.uint8)
             labels = batch[b"labels"]
             if data.ndim != 2 or data.shape[1] != 3072 or len(labels) != data.shape[0]:
-                raise ValueError(f"{base / name}: expected data (N, 3072) and N labels, got {data.shape}, {len(labels)}")
+                raise ValueError(
+                    f"{base / name}: expected data (N, 3072) and N labels, got {data.shape}, {len(labels)}"
+                )
             rgb = data.reshape(-1, 3, 1024).astype(np.float64)  # (N, channel, pixel), rows of 32
             if self.config.grayscale:
                 pixels = np.round(rgb[:, 0] * 0.299 + rgb[:, 1] * 0.587 + rgb[:, 2] * 0.114)
             else:
                 pixels = rgb.transpose(0, 2, 1).reshape(-1, 3072)  # (N, 1024 * RGB)
             pixels = torch.from_numpy(pixels.astype(np.int64))
-            examples.extend({"input_ids": pixels[i], "label": torch.tensor(int(y))} for i, y in enumerate(labels))
+            examples.extend(
+                {"input_ids": pixels[i], "label": torch.tensor(int(y))} for i, y in enumerate(labels)
+            )
         return examples
 
     def _examples(self, split):

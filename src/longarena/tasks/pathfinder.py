@@ -55,10 +55,13 @@ class PathfinderConfig(TaskConfig):
         if not 2 <= self.contour_length <= 40:
             raise ConfigError(f"contour_length must be in 2..40 dashes, got {self.contour_length}")
         if self.num_distractors is not None and not 0 <= self.num_distractors <= 200:
-            raise ConfigError(f"num_distractors must be in 0..200 (or None for the default), got {self.num_distractors}")
+            raise ConfigError(
+                f"num_distractors must be in 0..200 (or None for the default), got {self.num_distractors}"
+            )
         if not 1 <= self.distractor_length <= self.contour_length:
             raise ConfigError(
-                f"distractor_length must be in 1..contour_length={self.contour_length}, got {self.distractor_length}"
+                f"distractor_length must be in 1..contour_length={self.contour_length}, "
+                f"got {self.distractor_length}"
             )
         if not 0 <= self.max_turn <= math.pi / 2:
             raise ConfigError(f"max_turn must be in [0, pi/2] radians, got {self.max_turn}")
@@ -287,7 +290,12 @@ class Pathfinder(Task):
         examples = []
         for label in labels:
             img = draw(self.config, int(label), rng)
-            examples.append({"input_ids": torch.from_numpy(img.reshape(-1).astype(np.int64)), "label": torch.tensor(int(label))})
+            examples.append(
+                {
+                    "input_ids": torch.from_numpy(img.reshape(-1).astype(np.int64)),
+                    "label": torch.tensor(int(label)),
+                }
+            )
         return examples
 
     def image(self, example) -> np.ndarray:

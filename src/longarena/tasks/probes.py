@@ -6,7 +6,7 @@ a token budget measured with the caller's tokenizer.
 
 - ``make_passkey``: a five-digit pass key hidden at ``depth`` in repeated filler
   (Mohtashami & Jaggi 2023).
-- ``make_needle``: needle-in-a-haystack: a "magic number" sentence inserted at a sentence
+- ``make_needle``: needle-in-a-haystack: a "special number" sentence inserted at a sentence
   boundary at ``depth`` in generated prose; the haystack is fitted to the token budget
   by binary search over its words, so the prompt lands within a few tokens of it.
 - ``make_multikey`` / ``make_multivalue``: RULER's variants: several needles with other
@@ -67,7 +67,9 @@ def token_counter(tokenizer: Any = None) -> Callable[[str], int]:
             return n if isinstance(n, int) else len(n)
 
         return count
-    raise TypeError(f"tokenizer must be None, have an encode method, or be callable; got {type(tokenizer).__name__}")
+    raise TypeError(
+        f"tokenizer must be None, have an encode method, or be callable; got {type(tokenizer).__name__}"
+    )
 
 
 @dataclasses.dataclass
@@ -97,25 +99,83 @@ _REPEAT = (
     "Birds fly over the open field. The road goes on and on. "
 )
 _SUBJECTS = (
-    "The old farmer", "A quiet child", "The ship's captain", "My neighbour", "The young painter",
-    "A tired traveller", "The village baker", "Her grandmother", "The night watchman", "A curious student",
-    "The mayor", "Our teacher", "The gardener", "A stranger in a grey coat", "The fisherman",
+    "The old farmer",
+    "A quiet child",
+    "The ship's captain",
+    "My neighbour",
+    "The young painter",
+    "A tired traveller",
+    "The village baker",
+    "Her grandmother",
+    "The night watchman",
+    "A curious student",
+    "The mayor",
+    "Our teacher",
+    "The gardener",
+    "A stranger in a grey coat",
+    "The fisherman",
 )
 _VERBS = (
-    "walked slowly towards", "looked for a while at", "wrote a long letter about", "thought again about",
-    "carried a basket to", "sang a song about", "drew a careful picture of", "told a story about",
-    "waited patiently near", "spoke softly about", "remembered", "cleaned", "visited", "admired",
+    "walked slowly towards",
+    "looked for a while at",
+    "wrote a long letter about",
+    "thought again about",
+    "carried a basket to",
+    "sang a song about",
+    "drew a careful picture of",
+    "told a story about",
+    "waited patiently near",
+    "spoke softly about",
+    "remembered",
+    "cleaned",
+    "visited",
+    "admired",
 )
 _OBJECTS = (
-    "the red barn", "a distant hill", "the harbour", "the narrow bridge", "an empty church",
-    "the orchard", "the market square", "a broken clock", "the winter garden", "the lighthouse",
-    "a field of barley", "the old mill", "the school by the river", "a row of cottages", "the forest path",
+    "the red barn",
+    "a distant hill",
+    "the harbour",
+    "the narrow bridge",
+    "an empty church",
+    "the orchard",
+    "the market square",
+    "a broken clock",
+    "the winter garden",
+    "the lighthouse",
+    "a field of barley",
+    "the old mill",
+    "the school by the river",
+    "a row of cottages",
+    "the forest path",
 )
 _ENDINGS = (
-    "before dawn.", "in the rain.", "after supper.", "on a cold morning.", "without a word.",
-    "while the bells rang.", "as the sun went down.", "for the last time that year.", "with great care.",
-    "once the snow had melted.", "in the middle of the week.", "just as the wind changed.",
+    "before dawn.",
+    "in the rain.",
+    "after supper.",
+    "on a cold morning.",
+    "without a word.",
+    "while the bells rang.",
+    "as the sun went down.",
+    "for the last time that year.",
+    "with great care.",
+    "once the snow had melted.",
+    "in the middle of the week.",
+    "just as the wind changed.",
 )
+
+
+_NEEDLE_INTRO = (
+    "The text below hides a few special numbers, each tied to a name. "
+    "Read it carefully and keep them in mind: questions about them follow."
+)
+
+
+def _needle_sentence(key: str, value: str) -> str:
+    return f"The special number for {key} is {value}."
+
+
+def _needle_question(key: str) -> str:
+    return f"Which special number was given for {key} in the text above? The special number for {key} is"
 
 
 def _sentences(rng: random.Random, filler: str) -> Callable[[], str]:
@@ -130,7 +190,9 @@ def _sentences(rng: random.Random, filler: str) -> Callable[[], str]:
 
         return nxt
     if filler == "prose":
-        return lambda: f"{rng.choice(_SUBJECTS)} {rng.choice(_VERBS)} {rng.choice(_OBJECTS)} {rng.choice(_ENDINGS)}"
+        return lambda: (
+            f"{rng.choice(_SUBJECTS)} {rng.choice(_VERBS)} {rng.choice(_OBJECTS)} {rng.choice(_ENDINGS)}"
+        )
     raise ConfigError(f"filler must be 'prose' or 'repeat', got {filler!r}")
 
 
@@ -140,7 +202,9 @@ def _check_depth(depth: float) -> None:
         raise ConfigError(f"depth must be in [0, 1], got {depth}")
 
 
-def _insert(words: list[str], inserts: Sequence[tuple[float, str]], count: Callable[[str], int] | None) -> tuple[str, list[float]]:
+def _insert(
+    words: list[str], inserts: Sequence[tuple[float, str]], count: Callable[[str], int] | None
+) -> tuple[str, list[float]]:
     """Haystack text with each (depth, sentence) placed at the sentence boundary nearest its depth.
 
     With ``count`` the depth is measured in tokens (binary search over boundaries); without
@@ -199,7 +263,9 @@ def _fit(
 
     fixed = count(prompt([], False)[0])
     if fixed > budget:
-        raise ConfigError(f"a budget of {budget} tokens cannot hold even the probe's template ({fixed} tokens)")
+        raise ConfigError(
+            f"a budget of {budget} tokens cannot hold even the probe's template ({fixed} tokens)"
+        )
     words: list[str] = []
     while True:  # grow the word stream until it overflows the budget
         words.extend(" ".join(nxt() for _ in range(max(64, len(words) // 8 + 1))).split())
@@ -227,8 +293,33 @@ def _digits(rng: random.Random, n: int) -> str:
 
 
 def _key_word(rng: random.Random) -> str:
-    a = ("amber", "brisk", "calm", "dusty", "eager", "faint", "gentle", "hollow", "icy", "jolly", "keen", "lucid")
-    b = ("otter", "falcon", "lantern", "meadow", "quartz", "harbor", "violin", "thistle", "cobalt", "ember", "glacier")
+    a = (
+        "amber",
+        "brisk",
+        "calm",
+        "dusty",
+        "eager",
+        "faint",
+        "gentle",
+        "hollow",
+        "icy",
+        "jolly",
+        "keen",
+        "lucid",
+    )
+    b = (
+        "otter",
+        "falcon",
+        "lantern",
+        "meadow",
+        "quartz",
+        "harbor",
+        "violin",
+        "thistle",
+        "cobalt",
+        "ember",
+        "glacier",
+    )
     return f"{rng.choice(a)}-{rng.choice(b)}-{rng.randrange(100, 1000)}"
 
 
@@ -242,10 +333,14 @@ def make_passkey(length_tokens_approx: int, depth: float, seed: int = 0, tokeniz
         "Somewhere in the long text below there is one important piece of information. "
         "Find it and remember it: you will be asked about it afterwards."
     )
-    needle = f"The pass key is {key}. Remember it. {key} is the pass key."
+    needle = f"The pass key is {key}. Keep it in mind: {key} is the pass key."
     question = "What is the pass key? The pass key is"
-    text, reached, n = _fit(length_tokens_approx, intro, question, [(depth, needle)], seed, tokenizer, "repeat")
-    return Probe("passkey", text, [key], reached[0], n, {"requested_depth": depth, "budget": length_tokens_approx})
+    text, reached, n = _fit(
+        length_tokens_approx, intro, question, [(depth, needle)], seed, tokenizer, "repeat"
+    )
+    return Probe(
+        "passkey", text, [key], reached[0], n, {"requested_depth": depth, "budget": length_tokens_approx}
+    )
 
 
 def make_needle(
@@ -262,7 +357,7 @@ def make_needle(
     """Needle-in-a-haystack: a sentence at ``depth`` of a haystack fitted to ``length_tokens``.
 
     Give ``needle``, ``question`` and ``answer`` together to use your own needle; by
-    default it is "The special magic number for <key> is <7 digits>."
+    default it is "The special number for <key> is <7 digits>."
     """
     _check_depth(depth)
     custom = (needle, question, answer)
@@ -271,16 +366,28 @@ def make_needle(
     rng = random.Random(f"needle/{seed}")
     if needle is None:
         key, value = _key_word(rng), _digits(rng, 7)
-        needle = f"One of the special magic numbers for {key} is: {value}."
-        question = f"What is the special magic number for {key} mentioned in the text above? The special magic number for {key} is"
+        needle, question = _needle_sentence(key, value), _needle_question(key)
         answer = value
-    intro = "Some special magic numbers are hidden within the following text. Make sure to memorize them. I will quiz you about them afterwards."
+    intro = _NEEDLE_INTRO
     text, reached, n = _fit(length_tokens, intro, question, [(depth, needle)], seed, tokenizer, filler)
-    return Probe("needle", text, [answer], reached[0], n, {"requested_depth": depth, "budget": length_tokens, "needle": needle})
+    return Probe(
+        "needle",
+        text,
+        [answer],
+        reached[0],
+        n,
+        {"requested_depth": depth, "budget": length_tokens, "needle": needle},
+    )
 
 
 def make_multikey(
-    length_tokens: int, depth: float, num_keys: int = 4, seed: int = 0, tokenizer: Any = None, *, filler: str = "prose"
+    length_tokens: int,
+    depth: float,
+    num_keys: int = 4,
+    seed: int = 0,
+    tokenizer: Any = None,
+    *,
+    filler: str = "prose",
 ) -> Probe:
     """RULER multi-key NIAH: ``num_keys`` needles, one asked about (at ``depth``), the rest distractors."""
     _check_depth(depth)
@@ -293,18 +400,31 @@ def make_multikey(
         if k not in keys:
             keys.append(k)
     values = [_digits(rng, 7) for _ in keys]
-    inserts = [(depth, f"One of the special magic numbers for {keys[0]} is: {values[0]}.")]
-    inserts += [(rng.random(), f"One of the special magic numbers for {k} is: {v}.") for k, v in zip(keys[1:], values[1:])]
-    intro = "Some special magic numbers are hidden within the following text. Make sure to memorize them. I will quiz you about them afterwards."
-    question = f"What is the special magic number for {keys[0]} mentioned in the text above? The special magic number for {keys[0]} is"
+    inserts = [(depth, _needle_sentence(keys[0], values[0]))]
+    inserts += [(rng.random(), _needle_sentence(k, v)) for k, v in zip(keys[1:], values[1:])]
+    intro = _NEEDLE_INTRO
+    question = _needle_question(keys[0])
     text, reached, n = _fit(length_tokens, intro, question, inserts, seed, tokenizer, filler)
-    return Probe("multikey", text, [values[0]], reached[0], n, {"requested_depth": depth, "budget": length_tokens, "distractor_keys": keys[1:]})
+    return Probe(
+        "multikey",
+        text,
+        [values[0]],
+        reached[0],
+        n,
+        {"requested_depth": depth, "budget": length_tokens, "key": keys[0], "distractor_keys": keys[1:]},
+    )
 
 
 def make_multivalue(
-    length_tokens: int, depth: float, num_values: int = 4, seed: int = 0, tokenizer: Any = None, *, filler: str = "prose"
+    length_tokens: int,
+    depth: float,
+    num_values: int = 4,
+    seed: int = 0,
+    tokenizer: Any = None,
+    *,
+    filler: str = "prose",
 ) -> Probe:
-    """RULER multi-value NIAH: one key, ``num_values`` values spread from ``depth`` on; all must be returned."""
+    """RULER multi-value NIAH: one key, ``num_values`` values from ``depth`` on; all must be returned."""
     _check_depth(depth)
     if num_values < 1:
         raise ConfigError(f"num_values must be >= 1, got {num_values}")
@@ -312,17 +432,26 @@ def make_multivalue(
     key = _key_word(rng)
     values = list(dict.fromkeys(_digits(rng, 7) for _ in range(num_values * 2)))[:num_values]
     depths = [depth] + [depth + (1 - depth) * rng.random() for _ in values[1:]]
-    inserts = [(d, f"One of the special magic numbers for {key} is: {v}.") for d, v in zip(depths, values)]
-    intro = "Some special magic numbers are hidden within the following text. Make sure to memorize them. I will quiz you about them afterwards."
-    question = f"What are all the special magic numbers for {key} mentioned in the text above? The special magic numbers for {key} are"
+    inserts = [(d, _needle_sentence(key, v)) for d, v in zip(depths, values)]
+    intro = _NEEDLE_INTRO
+    question = (
+        f"List every special number given for {key} in the text above. The special numbers for {key} are"
+    )
     text, reached, n = _fit(length_tokens, intro, question, inserts, seed, tokenizer, filler)
-    return Probe("multivalue", text, values, min(reached), n, {"requested_depth": depth, "budget": length_tokens, "depths": reached})
+    return Probe(
+        "multivalue",
+        text,
+        values,
+        min(reached),
+        n,
+        {"requested_depth": depth, "budget": length_tokens, "key": key, "depths": reached},
+    )
 
 
 def make_variable_tracking(
     length_tokens: int, num_hops: int = 4, seed: int = 0, tokenizer: Any = None, *, filler: str = "repeat"
 ) -> Probe:
-    """RULER variable tracking: ``VAR A = 12345`` then ``num_hops`` copies ``VAR B = A`` …, spread in order."""
+    """RULER variable tracking: ``VAR A = 12345``, then ``num_hops`` copies ``VAR B = A`` …, in order."""
     if num_hops < 1:
         raise ConfigError(f"num_hops must be >= 1, got {num_hops}")
     rng = random.Random(f"vt/{seed}")
@@ -334,16 +463,32 @@ def make_variable_tracking(
     value = _digits(rng, 5)
     depths = sorted(rng.random() for _ in names)
     statements = [f"VAR {names[0]} = {value}."] + [f"VAR {b} = {a}." for a, b in zip(names, names[1:])]
-    intro = "Memorize and track the chain(s) of variable assignment hidden in the following text."
-    question = f"Question: Find all variables that are assigned the value {value} in the text above. Answer: According to the chain(s) of variable assignment in the text above, the variables that are assigned the value {value} are:"
-    text, reached, n = _fit(length_tokens, intro, question, list(zip(depths, statements)), seed, tokenizer, filler)
-    return Probe("variable_tracking", text, names, reached[0], n, {"budget": length_tokens, "depths": reached, "value": value})
+    intro = (
+        "The text below contains variable assignments scattered among other sentences. Keep track of them."
+    )
+    question = (
+        f"Which variables end up holding the value {value}, directly or through other variables? "
+        "Answer with every such variable name:"
+    )
+    text, reached, n = _fit(
+        length_tokens, intro, question, list(zip(depths, statements)), seed, tokenizer, filler
+    )
+    return Probe(
+        "variable_tracking",
+        text,
+        names,
+        reached[0],
+        n,
+        {"budget": length_tokens, "depths": reached, "value": value},
+    )
 
 
 def make_kv_retrieval(num_pairs: int, gold_index: int, seed: int = 0, tokenizer: Any = None) -> Probe:
-    """Lost in the Middle key-value retrieval: ``num_pairs`` UUID pairs as JSON, the gold one at ``gold_index``."""
+    """Lost in the Middle key-value retrieval: ``num_pairs`` UUID pairs as JSON, gold at ``gold_index``."""
     if num_pairs < 1 or not 0 <= gold_index < num_pairs:
-        raise ConfigError(f"need num_pairs >= 1 and 0 <= gold_index < num_pairs, got {num_pairs}, {gold_index}")
+        raise ConfigError(
+            f"need num_pairs >= 1 and 0 <= gold_index < num_pairs, got {num_pairs}, {gold_index}"
+        )
     rng = random.Random(f"kv/{seed}")
 
     def uid() -> str:
@@ -354,11 +499,15 @@ def make_kv_retrieval(num_pairs: int, gold_index: int, seed: int = 0, tokenizer:
     body = json.dumps(dict(pairs), indent=1)
     prompt = (
         "Extract the value corresponding to the specified key in the JSON object below.\n\n"
-        f"JSON data:\n{body}\n\nKey: \"{gold_key}\"\nCorresponding value:"
+        f'JSON data:\n{body}\n\nKey: "{gold_key}"\nCorresponding value:'
     )
     count = token_counter(tokenizer)
     return Probe(
-        "kv_retrieval", prompt, [gold_value], gold_index / max(num_pairs - 1, 1), count(prompt),
+        "kv_retrieval",
+        prompt,
+        [gold_value],
+        gold_index / max(num_pairs - 1, 1),
+        count(prompt),
         {"gold_index": gold_index, "num_pairs": num_pairs, "key": gold_key},
     )
 
@@ -373,10 +522,19 @@ PROBES: dict[str, Callable[..., Probe]] = {
 }
 
 
-def grid(kind: str, lengths: Sequence[int], depths: Sequence[float], seed: int = 0, tokenizer: Any = None, **kw: Any) -> list[Probe]:
-    """Probes of ``kind`` (passkey, needle, multikey, multivalue) for every (length, depth), seeded per cell."""
+def grid(
+    kind: str,
+    lengths: Sequence[int],
+    depths: Sequence[float],
+    seed: int = 0,
+    tokenizer: Any = None,
+    **kw: Any,
+) -> list[Probe]:
+    """Probes of ``kind`` (passkey, needle, multikey, multivalue) for every (length, depth) cell."""
     if kind not in ("passkey", "needle", "multikey", "multivalue"):
-        raise ConfigError(f"grid needs a depth-controlled probe: passkey, needle, multikey or multivalue; got {kind!r}")
+        raise ConfigError(
+            f"grid needs a depth-controlled probe: passkey, needle, multikey or multivalue; got {kind!r}"
+        )
     maker = PROBES[kind]
     return [
         maker(length, depth, seed * 1_000_003 + i * 1000 + j, tokenizer, **kw)

@@ -303,7 +303,9 @@ class MajorityConfig(TaskConfig):
     def validate(self) -> None:
         super().validate()
         if self.num_classes < 2 or self.length < 1:
-            raise ConfigError(f"num_classes must be >= 2 and length >= 1, got {self.num_classes}, {self.length}")
+            raise ConfigError(
+                f"num_classes must be >= 2 and length >= 1, got {self.num_classes}, {self.length}"
+            )
 
 
 @register("majority")
