@@ -49,11 +49,17 @@ class Registry(Generic[T]):
     def discover(self) -> None:
         if self._discovered:
             return
-        self._discovered = True
         pkg = importlib.import_module(self.package)
         for info in pkgutil.iter_modules(pkg.__path__):
-            if not info.name.startswith("_"):
-                importlib.import_module(f"{self.package}.{info.name}")
+            if info.name.startswith("_"):
+                continue
+            module = f"{self.package}.{info.name}"
+            try:
+                importlib.import_module(module)
+            except Exception as exc:
+                # stay undiscovered: a later lookup retries instead of seeing a partial registry
+                raise ImportError(f"cannot register the {self.kind}s of {module}: {type(exc).__name__}: {exc}") from exc
+        self._discovered = True
 
     def names(self) -> list[str]:
         self.discover()

@@ -56,12 +56,13 @@ def attention_reference(
     k = k.repeat_interleave(group, dim=1)  # (B, H, Tk, K)
     v = v.repeat_interleave(group, dim=1)  # (B, H, Tk, V)
     scale = 1.0 / math.sqrt(dk) if scale is None else scale
-    scores = torch.einsum("bhqk,bhsk->bhqs", q.float(), k.float()) * scale  # (B, H, Tq, Tk)
+    work = torch.promote_types(q.dtype, torch.float32)  # fp32 at least; float64 stays float64
+    scores = torch.einsum("bhqk,bhsk->bhqs", q.to(work), k.to(work)) * scale  # (B, H, Tq, Tk)
     if bias is not None:
-        scores = scores + bias.float()
+        scores = scores + bias.to(work)
     mask = attention_mask(tq, tk, causal=causal, key_mask=key_mask, device=q.device)
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf"))
     weights = torch.softmax(scores, dim=-1)
     weights = torch.nan_to_num(weights, nan=0.0)  # rows with every key masked
-    return torch.einsum("bhqs,bhsv->bhqv", weights, v.float()).to(q.dtype)
+    return torch.einsum("bhqs,bhsv->bhqv", weights, v.to(work)).to(q.dtype)
