@@ -110,3 +110,19 @@ def test_image_content_sequence_form_and_presets():
 def test_bad_configs(config, match):
     with pytest.raises(ConfigError, match=match):
         tasks.get("pathfinder", **config)
+
+
+def test_marker_distance_does_not_give_the_label_away():
+    """Negatives put their markers as far apart as positives do: the best threshold on the
+    marker distance is close to chance (it was 68% before negatives were matched)."""
+    c = PathfinderConfig(resolution=32, num_distractors=0)
+    rng = np.random.default_rng(1)
+    dist, labels = [], []
+    for i in range(160):
+        canvas = pathfinder.draw_canvas(c, i % 2, rng)
+        a, b = canvas.markers
+        dist.append(float(np.linalg.norm(a - b)))
+        labels.append(i % 2)
+    x, y = np.array(dist), np.array(labels)
+    best = max(max(((x < t) == y).mean(), ((x >= t) == y).mean()) for t in np.unique(x))
+    assert best < 0.65
