@@ -77,7 +77,23 @@ def test_recurrence_matches_a_hand_loop_and_steps_continue_it():
 
 def test_bad_shapes_and_modes_are_named():
     log_a, b, c = _params(False)
-    with pytest.raises(ValueError, match=r"\(D, N\) with D = 5"):
+    with pytest.raises(ValueError, match=r"\(G, N\) with G dividing D = 5"):
         diagonal_ssm(torch.randn(1, 4, 5), log_a, b, c)
     with pytest.raises(ValueError, match="mode"):
         diagonal_ssm(torch.randn(1, 4, 3), log_a, b, c, mode="parallel")
+
+
+@pytest.mark.parametrize("mode", ["scan", "conv"])
+def test_shared_parameter_rows_equal_repeated_rows(mode):
+    """Parameters (G, N) serve D / G consecutive channels each, as if repeated to (D, N)."""
+    log_a, b, c = _params(True, d=2, n=3)
+    u = torch.randn(2, 9, 6)
+    h0 = torch.randn(2, 6, 3, dtype=torch.complex64)
+    y, h = diagonal_ssm(u, log_a, b, c, h0, mode=mode)
+    rep = [p.repeat_interleave(3, dim=0) for p in (log_a, b, c)]
+    y_full, h_full = diagonal_ssm(u, *rep, h0, mode=mode)
+    torch.testing.assert_close(y, y_full)
+    torch.testing.assert_close(h, h_full)
+    y_t, h_t = diagonal_ssm_step(u[:, 0], log_a, b, c, h0)
+    y_t_full, _ = diagonal_ssm_step(u[:, 0], *rep, h0)
+    torch.testing.assert_close(y_t, y_t_full)

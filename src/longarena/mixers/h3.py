@@ -112,11 +112,6 @@ class H3(Mixer):
         c = 2 * torch.view_as_complex(self.c.float().contiguous())
         return log_a, b, c
 
-    def _expanded_params(self) -> tuple[Tensor, Tensor, Tensor]:
-        """Per-head parameters repeated for each of the K*K outer-product channels: (H*K*K, N/2)."""
-        rep = self.head_dim**2
-        return tuple(p.repeat_interleave(rep, dim=0) for p in self.ssm_params())
-
     def init_state(self, batch_size: int, device=None, dtype=None) -> H3State:
         dtype = dtype or self.qkv_proj.weight.dtype
         keys = torch.zeros(batch_size, self.shift_size - 1, self.d_model, device=device, dtype=dtype)
@@ -153,7 +148,7 @@ class H3(Mixer):
         # the shift SSM reads m cached keys before the chunk; their outputs are dropped
         kbar = long_conv(keys, self.shift_kernel, causal=True, backend="auto")[:, m:]
         kv = self._outer(kbar, v)
-        log_a, b, c = self._expanded_params()
+        log_a, b, c = self.ssm_params()  # per head, shared by its K*K channels
         if backend == "reference":
             y, ssm = diagonal_ssm(kv, log_a, b, c, state.ssm, mode="scan", backend="reference")
         else:
@@ -165,6 +160,6 @@ class H3(Mixer):
         keys = torch.cat((state.keys.to(k.dtype), k[:, None]), dim=1)  # (B, m, D), oldest first
         kbar = torch.einsum("bmd,dm->bd", keys, self.shift_kernel.flip(-1))
         kv = self._outer(kbar[:, None], v[:, None])[:, 0]  # (B, H*K*K)
-        log_a, b, c = self._expanded_params()
+        log_a, b, c = self.ssm_params()  # per head, shared by its K*K channels
         y, ssm = diagonal_ssm_step(kv, log_a, b, c, state.ssm)
         return self._readout(q[:, None], y[:, None], kv[:, None])[:, 0], H3State(keys[:, 1:], ssm)

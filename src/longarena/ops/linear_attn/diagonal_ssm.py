@@ -1,7 +1,8 @@
 """A time-invariant diagonal state space model, run as a recurrence or as a long convolution.
 
 Per channel d and state index n, with decay ``a = exp(log_a): (D, N)`` (real or complex,
-``|a| < 1``), input weight ``b: (D, N)`` and output weight ``c: (D, N)``::
+``|a| < 1``), input weight ``b: (D, N)`` and output weight ``c: (D, N)`` (or (G, N), each
+row shared by D / G consecutive channels)::
 
     h_t = a * h_{t-1} + b * u_t           h: (B, D, N)
     y_t = Re sum_n c_n h_{t, n}           y: (B, T, D)
@@ -55,17 +56,21 @@ def diagonal_ssm_kernel(log_a: Tensor, b: Tensor, c: Tensor, length: int) -> Ten
     return torch.cat(blocks, dim=-1)
 
 
-def _check(u: Tensor, log_a: Tensor, b: Tensor, c: Tensor, h0: Tensor | None) -> None:
+def _check(u: Tensor, log_a: Tensor, b: Tensor, c: Tensor, h0: Tensor | None) -> int:
+    """Validate shapes; return R, the number of channels sharing each parameter row."""
     if u.dim() != 3:
         raise ValueError(f"diagonal_ssm expects u of shape (B, T, D), got {tuple(u.shape)}")
     d = u.shape[-1]
-    if log_a.dim() != 2 or log_a.shape[0] != d or b.shape != log_a.shape or c.shape != log_a.shape:
+    if log_a.dim() != 2 or b.shape != log_a.shape or c.shape != log_a.shape or d % max(log_a.shape[0], 1):
         raise ValueError(
-            f"diagonal_ssm expects log_a, b, c of shape (D, N) with D = {d}; got "
+            f"diagonal_ssm expects log_a, b, c of one shape (G, N) with G dividing D = {d}; got "
             f"{tuple(log_a.shape)}, {tuple(b.shape)}, {tuple(c.shape)}"
         )
-    if h0 is not None and h0.shape != (u.shape[0], *log_a.shape):
-        raise ValueError(f"diagonal_ssm state must have shape (B, D, N) = {(u.shape[0], *log_a.shape)}, got {tuple(h0.shape)}")
+    if h0 is not None and h0.shape != (u.shape[0], d, log_a.shape[1]):
+        raise ValueError(
+            f"diagonal_ssm state must have shape (B, D, N) = {(u.shape[0], d, log_a.shape[1])}, got {tuple(h0.shape)}"
+        )
+    return d // log_a.shape[0]
 
 
 def diagonal_ssm(
@@ -80,40 +85,49 @@ def diagonal_ssm(
 ) -> tuple[Tensor, Tensor]:
     """Run the SSM of the module docstring over ``u: (B, T, D)``. Returns ``(y: (B, T, D), h_last: (B, D, N))``.
 
-    ``mode``: ``"scan"`` (the recurrence) or ``"conv"``; ``backend`` is handed to
+    ``log_a, b, c: (G, N)`` with G dividing D: each row serves R = D / G consecutive channels
+    (H3 shares one SSM over the K*K entries of a head), and powers of ``a`` are formed once
+    per row. ``mode``: ``"scan"`` (the recurrence) or ``"conv"``; ``backend`` is handed to
     :func:`linear_scan` (scan mode) or :func:`long_conv` (conv mode).
     """
-    _check(u, log_a, b, c, h0)
+    r = _check(u, log_a, b, c, h0)
     work = _work_dtype(log_a)
-    bsz, t, _ = u.shape
+    bsz, t, d = u.shape
+    g, n = log_a.shape
     log_a, b, c = log_a.to(work), b.to(work), c.to(work)
     uf = u.float()
     if mode == "scan":
-        a = torch.exp(log_a)[None, None]  # (1, 1, D, N)
+        a = torch.exp(log_a).repeat_interleave(r, dim=0)[None, None]  # (1, 1, D, N)
         h0 = None if h0 is None else h0.to(work)
-        h, h_last = linear_scan(a, uf[..., None] * b, h0, backend=backend)  # (B, T, D, N)
-        y = torch.einsum("btdn,dn->btd", h, c).real
+        h, h_last = linear_scan(a, uf[..., None] * b.repeat_interleave(r, dim=0), h0, backend=backend)  # (B, T, D, N)
+        y = torch.einsum("btdn,dn->btd", h, c.repeat_interleave(r, dim=0)).real
         return y.to(u.dtype), h_last
     if mode != "conv":
         raise ValueError(f"unknown diagonal_ssm mode {mode!r}; known: 'scan', 'conv'")
-    y = long_conv(uf, diagonal_ssm_kernel(log_a, b, c, t), causal=True, backend=backend)
-    h_last = (h0.to(work) * torch.exp(t * log_a)) if h0 is not None else u.new_zeros(bsz, *log_a.shape, dtype=work)
+    kernel = diagonal_ssm_kernel(log_a, b, c, t).repeat_interleave(r, dim=0)  # (D, T)
+    y = long_conv(uf, kernel, causal=True, backend=backend)
+    h_last = u.new_zeros(bsz, g, r, n, dtype=work)  # channels grouped by parameter row
+    if h0 is not None:
+        h0g = h0.to(work).view(bsz, g, r, n)
+        h_last = h0g * torch.exp(t * log_a)[:, None]
     carry = []
     for start in range(0, t, BLOCK):
         s = torch.arange(start, min(start + BLOCK, t), device=u.device)
         # the state after the chunk gathers every input, decayed by a^(T-1-s)
-        ub = uf[:, start : start + s.numel()].to(work)  # (B, L, D)
-        h_last = h_last + torch.einsum("bld,dnl->bdn", ub, b[..., None] * _powers(log_a, t - 1 - s))
+        ub = uf[:, start : start + s.numel()].to(work).view(bsz, -1, g, r)  # (B, L, G, R)
+        h_last = h_last + torch.einsum("blgr,gnl->bgrn", ub, b[..., None] * _powers(log_a, t - 1 - s))
         if h0 is not None:
-            carry.append(torch.einsum("bdn,dnl->bld", h0.to(work) * c, _powers(log_a, s + 1)).real)
+            carry.append(torch.einsum("bgrn,gnl->blgr", h0g * c[:, None], _powers(log_a, s + 1)).real.reshape(bsz, -1, d))
     if carry:
         y = y + torch.cat(carry, dim=1)
-    return y.to(u.dtype), h_last
+    return y.to(u.dtype), h_last.reshape(bsz, d, n)
 
 
 def diagonal_ssm_step(u_t: Tensor, log_a: Tensor, b: Tensor, c: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
-    """One step: ``u_t: (B, D)``, ``h: (B, D, N)`` -> ``(y_t: (B, D), h)``. O(1) in T."""
+    """One step: ``u_t: (B, D)``, ``h: (B, D, N)``, parameters (G, N) -> ``(y_t: (B, D), h)``. O(1) in T."""
     work = _work_dtype(log_a)
-    h = torch.exp(log_a.to(work)) * h.to(work) + u_t.float()[..., None] * b.to(work)
-    y = torch.einsum("bdn,dn->bd", h, c.to(work)).real
+    r = u_t.shape[-1] // log_a.shape[0]
+    log_a, b, c = (p.to(work).repeat_interleave(r, dim=0) for p in (log_a, b, c))  # (D, N)
+    h = torch.exp(log_a) * h.to(work) + u_t.float()[..., None] * b
+    y = torch.einsum("bdn,dn->bd", h, c).real
     return y.to(u_t.dtype), h
