@@ -82,7 +82,7 @@ def test_cache_roundtrip_is_reused_and_keyed_by_version(cache_root, monkeypatch)
     assert not list(path.parent.glob("*.tmp"))
 
 
-@pytest.mark.parametrize("damage", ["truncate", "flip", "garbage"])
+@pytest.mark.parametrize("damage", ["truncate", "flip", "garbage", "stale_layout"])
 def test_corrupt_cache_file_is_detected_and_regenerated(cache_root, damage, capsys):
     cfg = dict(min_length=20, max_length=60, n_train=6, n_validation=0, n_test=0)
     good = tasks.get("listops", **cfg).split("train")
@@ -92,13 +92,16 @@ def test_corrupt_cache_file_is_detected_and_regenerated(cache_root, damage, caps
         path.write_bytes(raw[: len(raw) // 2])
     elif damage == "flip":
         path.write_bytes(raw[:-10] + bytes([raw[-10] ^ 0xFF]) + raw[-9:])
-    else:
+    elif damage == "garbage":
         path.write_bytes(b"not a split")
-    with pytest.raises(cache.CacheCorruptError):
-        cache.load(path)
+    else:  # a valid file whose payload is not a split of this layout
+        cache.save(path, {"n": 6, "columns": []})
+    if damage != "stale_layout":
+        with pytest.raises(cache.CacheCorruptError):
+            cache.load(path)
     again = tasks.get("listops", **cfg).split("train")
     assert _same(good, again)
-    assert "regenerating" in capsys.readouterr().err
+    assert "unusable" in capsys.readouterr().err
     cache.load(path)  # rewritten and valid
 
 

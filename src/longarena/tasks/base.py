@@ -156,15 +156,15 @@ class ExampleDataset(Dataset):
         out = cls()
         out._n = sum(len(p) for p in parts)
         out._dtypes = dict(parts[0]._dtypes)
+
+        def widened(tensors: list[Tensor]) -> list[Tensor]:
+            # parts compacted to different dtypes meet in the widest, then compact again
+            return [t.to(torch.int64) for t in tensors] if len({t.dtype for t in tensors}) > 1 else tensors
+
         for key in parts[0]._scalars:
-            vals = [p._scalars[key] for p in parts]
-            out._scalars[key] = torch.cat(
-                [v.to(torch.int64) if v.dtype != vals[0].dtype else v for v in vals]
-            )
+            out._scalars[key] = torch.cat(widened([p._scalars[key] for p in parts]))
         for key in parts[0]._flat:
-            flats = [p._flat[key] for p in parts]
-            if len({f.dtype for f in flats}) > 1:
-                flats = [f.to(torch.int64) for f in flats]
+            flats = widened([p._flat[key] for p in parts])
             out._flat[key] = torch.cat(flats)
             shifts = torch.tensor([0] + [f.shape[0] for f in flats[:-1]]).cumsum(0)
             offs = [p._offsets[key][:-1] + s for p, s in zip(parts, shifts)]
@@ -271,8 +271,9 @@ class Task:
                 if len(ds) == self.split_size(name):
                     self._splits[name] = ds
                     return ds
-            except cache.CacheCorruptError as e:
-                print(f"longarena: {e}; regenerating", file=sys.stderr)
+            except (cache.CacheCorruptError, KeyError, TypeError, ValueError, AttributeError) as e:
+                # a file that verifies but does not hold a split (e.g. an older layout) is stale
+                print(f"longarena: cache file {path} unusable ({e}); regenerating", file=sys.stderr)
         ds = self._build(name, progress, workers)
         if path is not None:
             cache.save(path, ds.state())
