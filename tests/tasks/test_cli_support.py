@@ -55,3 +55,4 @@ def test_make_builds_and_caches(tmp_path, monkeypatch):
     assert all(tmp_path in Path(r["cache_file"]).parents for r in report.values())
     again = cli_support.make("listops", splits=("train",), progress=False, **cfg)
     assert again["train"]["cache_file"] == report["train"]["cache_file"]
+    assert again["train"]["from_cache"] and not report["train"]["from_cache"]

@@ -72,6 +72,14 @@ def test_every_generated_answer_checks_out():
             assert _tree_value(listops.to_string(ex["input_ids"])) == int(ex["label"])
 
 
+def test_benchmark_defaults_give_500_to_2000_tokens():
+    task = tasks.get("listops", n_test=6)
+    task.use_cache = False
+    assert (task.config.min_length, task.config.max_length, task.config.n_train) == (500, 2000, 96_000)
+    ds = task.split("test")
+    assert all(500 < n < 2000 for n in ds.lengths().tolist()) and listops.check(ds) == 6
+
+
 def test_lengths_depth_and_operators_follow_the_config():
     task = tasks.get("listops", **SMALL, max_depth=6)
     task.use_cache = False

@@ -6,7 +6,8 @@
   labels, and ListOps operator frequencies and depth), decoded in ``examples.txt``, and,
   for image tasks (Pathfinder, Path-X, LRA Image), one PNG per example plus ``grid.png``.
 - ``make(name, splits=("train", "validation", "test"), workers=None, progress=True,
-  **config)`` -> per split: size, cache file, seconds, examples/s. Builds every split
+  **config)`` -> per split: size, cache file, whether it was already cached, seconds,
+  examples/s. Builds every split
   with the task's full config (all cores for generators) and leaves it in the cache.
 - ``describe(dataset, task)`` -> the statistics ``show`` writes, for any split.
 """
@@ -145,13 +146,15 @@ def make(
     task = tasks.get(name, **config)
     report = {}
     for split in splits:
+        path = task.cache_path(split)
+        cached = path is not None and path.exists()
         start = time.perf_counter()
         ds = task.split(split, progress=progress, workers=workers)
         seconds = time.perf_counter() - start
-        path = task.cache_path(split)
         report[split] = {
             "n": len(ds),
             "cache_file": str(path) if path is not None else None,
+            "from_cache": cached,
             "seconds": round(seconds, 3),
             "examples_per_s": round(len(ds) / seconds, 1) if seconds > 0 else None,
         }
