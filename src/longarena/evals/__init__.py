@@ -1,4 +1,35 @@
 """Evaluation runners and metrics: needle-in-a-haystack grids, lost-in-the-middle,
-perplexity vs length, LAMBADA, LongBench, induction-head scores, speed/memory benchmarks.
-One small model adapter lets every runner evaluate LongArena LMs and Hugging Face LMs.
+perplexity vs length, LAMBADA, LongBench, induction-head scores.
+One small model adapter (``evals.adapter``) lets every runner evaluate LongArena LMs and
+Hugging Face LMs; ``evals.cli_support`` holds what ``longarena eval <name>`` calls.
+
+``names()`` lists the evals, ``get(name)`` returns its runner
+``run(model, run_dir, **options) -> summary dict``.
 """
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from longarena.registry import UnknownNameError
+
+
+def names() -> list[str]:
+    from longarena.evals.cli_support import EVALS
+
+    return sorted(EVALS)
+
+
+def get(name: str) -> Callable[..., dict[str, Any]]:
+    from longarena.evals.cli_support import EVALS
+
+    if name not in EVALS:
+        raise UnknownNameError(f"unknown eval {name!r}; known evals: {', '.join(sorted(EVALS))}")
+    return EVALS[name]
+
+
+def summaries() -> dict[str, str]:
+    from longarena.evals.cli_support import EVALS
+
+    return {name: (fn.__doc__ or "").strip().splitlines()[0] for name, fn in sorted(EVALS.items())}
