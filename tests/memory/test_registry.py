@@ -7,6 +7,7 @@ import torch
 
 import longarena.memory  # noqa: F401  (registers the memory models)
 from longarena import models
+from longarena.memory.common import MemoryStateError
 from longarena.memory.probes import FactRecallConfig, fact_recall
 from longarena.memory.runner import run_segments
 from longarena.models import checkpoint
@@ -28,6 +29,15 @@ def test_checkpoint_round_trip(name, tmp_path):
     ids = torch.randint(0, 20, (2, 10))
     with torch.no_grad():
         torch.testing.assert_close(run_segments(loaded, ids).logits, run_segments(model, ids).logits)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_state_of_another_model_is_refused(name):
+    model = models.get(name, vocab_size=20, d_model=16, n_layers=1, n_heads=2, segment_len=4)
+    other = "rmt" if name != "rmt" else "memformer"
+    state = models.get(other, vocab_size=20, d_model=16, n_layers=1, n_heads=2, segment_len=4)(torch.zeros(1, 4, dtype=torch.long)).state
+    with pytest.raises(MemoryStateError, match="expects a"):
+        model(torch.zeros(1, 4, dtype=torch.long), state=state)
 
 
 def test_fact_recall_probe():

@@ -130,6 +130,14 @@ def check_state_batch(name: str, tensor: Tensor, batch: int, width: int) -> None
         )
 
 
+def check_state_type(state: Any, expected: type, model: str) -> None:
+    if not isinstance(state, expected):
+        raise MemoryStateError(
+            f"{model} expects a {expected.__name__} state (or None to start), got {type(state).__name__}; "
+            "pass the .state of this model's previous output"
+        )
+
+
 def check_layer_count(name: str, entries: list[Any], n_layers: int) -> None:
     if len(entries) != n_layers:
         raise MemoryStateError(

@@ -42,6 +42,7 @@ from longarena.memory.common import (
     SegmentLM,
     check_layer_count,
     check_state_batch,
+    check_state_type,
     non_negative,
     split_heads,
 )
@@ -164,6 +165,7 @@ class CompressiveTransformer(SegmentLM):
         b, t = input_ids.shape
         if state is None:
             state = self.init_state(b, input_ids.device)
+        check_state_type(state, CompressiveMemory, "The Compressive Transformer")
         check_layer_count("CompressiveMemory.mem", state.mem, len(self.layers))
         check_layer_count("CompressiveMemory.cmem", state.cmem, len(self.layers))
         most_used = cfg.compression == "most_used"

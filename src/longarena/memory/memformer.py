@@ -34,7 +34,15 @@ from torch import Tensor, nn
 
 from longarena import mixers
 from longarena.config import ConfigError
-from longarena.memory.common import MLPBlock, SegmentConfig, SegmentLM, check_state_batch, merge_heads, split_heads
+from longarena.memory.common import (
+    MLPBlock,
+    SegmentConfig,
+    SegmentLM,
+    check_state_batch,
+    check_state_type,
+    merge_heads,
+    split_heads,
+)
 from longarena.models import register
 from longarena.models.backbone import ModelOutput
 from longarena.ops.attention import attention
@@ -158,6 +166,7 @@ class Memformer(SegmentLM):
         b = input_ids.shape[0]
         if state is None:
             state = self.init_state(b, input_ids.device)
+        check_state_type(state, MemformerMemory, "Memformer")
         check_state_batch("MemformerMemory.slots", state.slots, b, self.config.d_model)
         if state.slots.shape[1] != self.config.n_slots:
             raise ValueError(f"MemformerMemory holds {state.slots.shape[1]} slots, this model has n_slots={self.config.n_slots}")

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from longarena.config import ConfigError
-from longarena.memory.common import SegmentConfig, SegmentLM, check_state_batch
+from longarena.memory.common import SegmentConfig, SegmentLM, check_state_batch, check_state_type
 from longarena.models import register
 from longarena.models.backbone import Backbone, ModelConfig, ModelOutput
 
@@ -85,6 +85,7 @@ class RecurrentMemoryTransformer(SegmentLM):
         m = self.config.num_mem_tokens
         if state is None:
             state = self.init_state(b, input_ids.device)
+        check_state_type(state, RMTMemory, "RMT")
         check_state_batch("RMTMemory.memory", state.memory, b, self.config.d_model)
         if state.memory.shape[1] != m:
             raise ValueError(f"RMTMemory holds {state.memory.shape[1]} tokens, this model has num_mem_tokens={m}")

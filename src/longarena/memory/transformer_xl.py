@@ -32,6 +32,7 @@ from longarena.memory.common import (
     SegmentLM,
     check_layer_count,
     check_state_batch,
+    check_state_type,
     merge_heads,
     non_negative,
     split_heads,
@@ -143,6 +144,7 @@ class TransformerXL(SegmentLM):
         b = input_ids.shape[0]
         if state is None:
             state = self.init_state(b, input_ids.device)
+        check_state_type(state, XLMemory, "Transformer-XL")
         check_layer_count("XLMemory.hidden", state.hidden, len(self.layers))
         h = self.embed(input_ids)  # (B, T, D)
         new_memory = []
