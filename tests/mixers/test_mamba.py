@@ -97,3 +97,58 @@ def test_bad_configs_and_states_say_what_was_expected():
     with pytest.raises(MixerInputError, match="MambaState"):
         m.step(torch.randn(2, 8), torch.zeros(2, 16, 4))
     assert isinstance(m.init_state(2), MambaState)
+
+
+class _TinyLM(torch.nn.Module):
+    """Embedding, two pre-norm residual mixer layers, a linear head."""
+
+    def __init__(self, name, vocab, d_model, **config):
+        super().__init__()
+        self.emb = torch.nn.Embedding(vocab, d_model)
+        self.mixers = torch.nn.ModuleList(mixers.get(name, d_model, **config) for _ in range(2))
+        self.norms = torch.nn.ModuleList(torch.nn.LayerNorm(d_model) for _ in range(2))
+        self.norm = torch.nn.LayerNorm(d_model)
+        self.head = torch.nn.Linear(d_model, vocab)
+
+    def forward(self, tokens):
+        x = self.emb(tokens)
+        for norm, mixer in zip(self.norms, self.mixers):
+            x = x + mixer(norm(x))[0]
+        return self.head(self.norm(x))
+
+
+def _selective_copying(g, batch, length=16, k=3, n_data=4):
+    """k data tokens (1..n_data) at random places among blanks (0), then k markers; the answer
+    at the markers is the data tokens in order. Which positions matter depends on the content."""
+    data = torch.randint(1, n_data + 1, (batch, k), generator=g)
+    pos = torch.rand(batch, length, generator=g).argsort(-1)[:, :k].sort(-1).values
+    seq = torch.zeros(batch, length, dtype=torch.long).scatter(1, pos, data)
+    return torch.cat((seq, torch.full((batch, k), n_data + 1)), 1), data
+
+
+def _train_selective_copying(name, steps=600, **config):
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    vocab = 6
+    model = _TinyLM(name, vocab, 32, **config)
+    opt = torch.optim.AdamW(model.parameters(), lr=5e-3, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, 5e-3, total_steps=steps, pct_start=0.1)
+    for _ in range(steps):
+        tokens, data = _selective_copying(g, 32)
+        loss = F.cross_entropy(model(tokens)[:, -3:].reshape(-1, vocab), data.reshape(-1))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+    with torch.no_grad():
+        tokens, data = _selective_copying(torch.Generator().manual_seed(99), 512)
+        return (model(tokens)[:, -3:].argmax(-1) == data).float().mean().item()
+
+
+@pytest.mark.slow
+def test_mamba_solves_selective_copying_where_lti_s4d_does_worse():
+    """~2.5 min on a contended CPU; recorded: Mamba 99.9 %, S4D 88.5 % token accuracy."""
+    mamba_acc = _train_selective_copying("mamba", d_state=16)
+    s4d_acc = _train_selective_copying("s4d", d_state=32)
+    assert mamba_acc >= 0.95
+    assert s4d_acc <= mamba_acc - 0.05

@@ -106,7 +106,8 @@ def test_dplr_init_is_hippo_legs_up_to_a_unitary_change_of_basis():
     m = mixers.get("s4", 2, d_state=n)
     a_legs, b_legs = _legs(n)
     a_full = m.dense_a()[0].to(torch.complex128)
-    torch.testing.assert_close(a_full.trace(), torch.tensor(a_legs.trace().item() + 0j, dtype=torch.complex128), rtol=1e-5, atol=1e-4)
+    trace_legs = torch.tensor(a_legs.trace().item() + 0j, dtype=torch.complex128)
+    torch.testing.assert_close(a_full.trace(), trace_legs, rtol=1e-5, atol=1e-4)
     ev = torch.linalg.eigvals(a_full)
     ev_legs = torch.linalg.eigvals(a_legs.to(torch.complex128))
     key = lambda e: torch.sort(e.real * 1000 + e.imag).values  # noqa: E731

@@ -19,7 +19,8 @@ def _inputs(shape, dtype, seed=0, a_shape=None):
         phase = torch.rand(a_shape, generator=g) * 6.28
         a = torch.polar(mag, phase)
         b = torch.complex(torch.randn(shape, generator=g), torch.randn(shape, generator=g))
-        h0 = torch.complex(torch.randn(shape[:1] + shape[2:], generator=g), torch.randn(shape[:1] + shape[2:], generator=g))
+        state = shape[:1] + shape[2:]
+        h0 = torch.complex(torch.randn(state, generator=g), torch.randn(state, generator=g))
     else:
         # decays in (-1, 1), including values near zero and negative ones
         a = (torch.rand(a_shape, generator=g) * 2 - 1).to(dtype)
@@ -35,8 +36,8 @@ def _run(backend, a, b, h0, **kw):
     g = torch.Generator().manual_seed(9)
     w = torch.randn(h.shape, generator=g, dtype=torch.float32)
     w_last = torch.randn(h_last.shape, generator=g, dtype=torch.float32)
-    loss = (torch.view_as_real(h).float().sum(-1) if h.is_complex() else h.float()).mul(w).sum()
-    loss = loss + (torch.view_as_real(h_last).float().sum(-1) if h.is_complex() else h_last.float()).mul(w_last).sum()
+    as_real = lambda t: torch.view_as_real(t).float().sum(-1) if t.is_complex() else t.float()  # noqa: E731
+    loss = as_real(h).mul(w).sum() + as_real(h_last).mul(w_last).sum()
     loss.backward()
     grads = [a.grad, b.grad] + ([] if h0 is None else [h0.grad])
     return h.detach(), h_last.detach(), grads
@@ -157,10 +158,12 @@ def test_selective_scan_matches_closed_form_and_carries_state():
     for t in range(9):
         h = torch.zeros(2, 3, dtype=torch.float64)
         for s in range(t + 1):
-            h = h + torch.exp(a * delta[0, s + 1 : t + 1].sum(0)[:, None]) * (delta[0, s] * u[0, s])[:, None] * b[0, s]
+            decay = torch.exp(a * delta[0, s + 1 : t + 1].sum(0)[:, None])
+            h = h + decay * (delta[0, s] * u[0, s])[:, None] * b[0, s]
         torch.testing.assert_close(y[0, t], (h * c[0, t]).sum(-1))
     y1, mid = selective_scan(u[:, :4], delta[:, :4], a, b[:, :4], c[:, :4], backend="chunked", chunk_size=3)
-    y2, end = selective_scan(u[:, 4:], delta[:, 4:], a, b[:, 4:], c[:, 4:], h0=mid, backend="chunked", chunk_size=3)
+    rest = (u[:, 4:], delta[:, 4:], a, b[:, 4:], c[:, 4:])
+    y2, end = selective_scan(*rest, h0=mid, backend="chunked", chunk_size=3)
     torch.testing.assert_close(torch.cat((y1, y2), 1), y)
     torch.testing.assert_close(end, h_last)
     with pytest.raises(ValueError, match=r"B of shape \(1, 9, 3\)"):

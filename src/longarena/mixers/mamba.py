@@ -63,7 +63,9 @@ class MambaConfig(MixerConfig):
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be a positive int, got {value!r}")
         if self.dt_rank is not None and (not isinstance(self.dt_rank, int) or self.dt_rank < 1):
-            raise ConfigError(f"dt_rank must be a positive int or None (= ceil(d_model / 16)), got {self.dt_rank!r}")
+            raise ConfigError(
+                f"dt_rank must be a positive int or None (= ceil(d_model / 16)), got {self.dt_rank!r}"
+            )
         if not (self.dt_min > 0 and self.dt_max >= self.dt_min and math.isfinite(self.dt_max)):
             raise ConfigError(
                 f"need finite 0 < dt_min <= dt_max for the step-size init, got dt_min={self.dt_min}, "
@@ -130,7 +132,8 @@ class Mamba(KeepFP32Params, Mixer):
             )
             raise MixerInputError(
                 f"Mamba expects a MambaState with conv (B, E, k-1) = {conv_shape} and ssm (B, E, N) = "
-                f"{ssm_shape} (batch size {batch_size}), got {got}; start from init_state({batch_size}) of this mixer"
+                f"{ssm_shape} (batch size {batch_size}), got {got}; "
+                f"start from init_state({batch_size}) of this mixer"
             )
 
     def _ssm_inputs(self, xc: Tensor) -> tuple[Tensor, Tensor, Tensor]:

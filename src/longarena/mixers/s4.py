@@ -30,7 +30,8 @@ Two structures of ``A`` (config ``kernel``):
 
 Computation modes: ``forward`` builds ``K`` for the chunk length and convolves through
 :func:`longarena.ops.conv.long_conv` (backend ``conv``: FFT, or a direct sum for up to 64
-taps) or runs the recurrence one step at a time (backend ``reference``); ``step`` is the recurrence. With a state ``x0`` carried in,
+taps) or runs the recurrence one step at a time (backend ``reference``); ``step`` is the
+recurrence. With a state ``x0`` carried in,
 the chunk output gains ``2 Re(C Abar^{t+1} x0)`` and the new state is
 ``Abar^T x0 + sum_s Abar^{T-1-s} Bbar u_s`` (Vandermonde powers for ``diag``, a Krylov
 sequence built by doubling for ``dplr``). ``causal=False`` is the bidirectional layer used
@@ -86,7 +87,8 @@ def hippo_legs(n: int) -> tuple[Tensor, Tensor, Tensor]:
     ``B_n = sqrt(2n+1)``; ``P_n = sqrt(n + 1/2)``, which makes ``A + P P^T = -I/2 + skew``.
     """
     q = torch.sqrt(2 * torch.arange(n, dtype=torch.float64) + 1)
-    a = -torch.tril(q[:, None] * q[None, :], diagonal=-1) - torch.diag(torch.arange(n, dtype=torch.float64) + 1)
+    diag = torch.diag(torch.arange(n, dtype=torch.float64) + 1)
+    a = -torch.tril(q[:, None] * q[None, :], diagonal=-1) - diag
     return a, q.clone(), torch.sqrt(torch.arange(n, dtype=torch.float64) + 0.5)
 
 
@@ -128,7 +130,9 @@ class S4Config(MixerConfig):
         if self.init not in ("legs", "lin"):
             raise ConfigError(f"init must be 'legs' or 'lin', got {self.init!r}")
         if self.kernel == "dplr" and self.init != "legs":
-            raise ConfigError(f"the dplr kernel is the HiPPO-LegS NPLR form; init must be 'legs', got {self.init!r}")
+            raise ConfigError(
+                f"the dplr kernel is the HiPPO-LegS NPLR form; init must be 'legs', got {self.init!r}"
+            )
         if self.discretization not in ("bilinear", "zoh"):
             raise ConfigError(f"discretization must be 'bilinear' or 'zoh', got {self.discretization!r}")
         if self.kernel == "dplr" and self.discretization != "bilinear":
@@ -138,7 +142,8 @@ class S4Config(MixerConfig):
             )
         if not isinstance(self.d_state, int) or self.d_state < 2 or self.d_state % 2:
             raise ConfigError(
-                f"d_state must be an even int >= 2 (N/2 complex modes in conjugate pairs), got {self.d_state!r}"
+                "d_state must be an even int >= 2 (N/2 complex modes in conjugate pairs), "
+                f"got {self.d_state!r}"
             )
         if not (self.dt_min > 0 and self.dt_max >= self.dt_min and math.isfinite(self.dt_max)):
             raise ConfigError(
@@ -187,10 +192,12 @@ class S4(KeepFP32Params, Mixer):
         if config.init == "legs":
             lam, p, b = hippo_legs_nplr(config.d_state)
         else:
-            lam = torch.complex(torch.full((n2,), -0.5, dtype=torch.float64), math.pi * torch.arange(n2, dtype=torch.float64))
+            im = math.pi * torch.arange(n2, dtype=torch.float64)
+            lam = torch.complex(torch.full((n2,), -0.5, dtype=torch.float64), im)
             p, b = torch.zeros(n2, dtype=torch.complex128), torch.ones(n2, dtype=torch.complex128)
         rep = lambda z: torch.view_as_real(z.to(torch.complex64)).expand(h, n2, 2).clone()  # noqa: E731
-        self.log_neg_re = nn.Parameter(torch.log(-lam.real).float().expand(h, n2).clone())  # Re(Lambda) < 0 always
+        # Re(Lambda) = -exp(log_neg_re) < 0 always
+        self.log_neg_re = nn.Parameter(torch.log(-lam.real).float().expand(h, n2).clone())
         self.lam_im = nn.Parameter(lam.imag.float().expand(h, n2).clone())
         self.b = nn.Parameter(rep(b))  # (H, N/2, 2): complex as (re, im)
         if self.diagonal:
@@ -256,14 +263,16 @@ class S4(KeepFP32Params, Mixer):
         """``K: (dirs, H, length)``, real fp32, through Vandermonde (diag) or Cauchy (dplr)."""
         if self.diagonal:
             log_abar, bbar, c = self.discrete_diag()
-            powers = torch.exp(log_abar[..., None] * torch.arange(length, device=log_abar.device))  # (H, N/2, L)
+            steps = torch.arange(length, device=log_abar.device)
+            powers = torch.exp(log_abar[..., None] * steps)  # (H, N/2, L)
             return 2 * torch.einsum("khn,hnl->khl", c * bbar, powers).real
         return self._cauchy_kernel(length)
 
     def _cauchy_kernel(self, length: int) -> Tensor:
         n_fft = length if length % 2 else length + 1  # odd: z = -1 is never a root of unity
         abar, _, c = self.discrete_dense()
-        ctilde = c - (c[..., None, :] @ torch.linalg.matrix_power(abar, n_fft))[..., 0, :]  # C (I - Abar^n): (dirs, H, N)
+        # C (I - Abar^n): (dirs, H, N)
+        ctilde = c - (c[..., None, :] @ torch.linalg.matrix_power(abar, n_fft))[..., 0, :]
         lam = self.eigenvalues()
         lam_full = torch.cat((lam, lam.conj()), dim=-1)  # (H, N)
         p, b = _complex(self.p), _complex(self.b)
@@ -350,7 +359,8 @@ class S4(KeepFP32Params, Mixer):
             log_abar, bbar, c = self.discrete_diag()
             powers = torch.exp(log_abar[..., None] * torch.arange(t + 1, device=u.device))  # (H, N/2, T+1)
             # sum_s Abar^{T-1-s} Bbar u_s: powers T-1 .. 0 against s = 0 .. T-1
-            new_state = torch.einsum("bsh,hns->bhn", u.to(powers.dtype), (bbar[..., None] * powers[..., :t]).flip(-1))
+            weights = (bbar[..., None] * powers[..., :t]).flip(-1)  # (H, N/2, T)
+            new_state = torch.einsum("bsh,hns->bhn", u.to(powers.dtype), weights)
             contrib = u.new_zeros(())
             if state is not None:
                 new_state = new_state + powers[..., t] * state

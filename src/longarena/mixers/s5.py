@@ -143,7 +143,8 @@ class S5(KeepFP32Params, Mixer):
         if not isinstance(state, Tensor) or not state.is_complex() or tuple(state.shape) != want:
             got = f"{state.dtype} {tuple(state.shape)}" if isinstance(state, Tensor) else type(state).__name__
             raise MixerInputError(
-                f"S5 expects a complex state of shape (B, P/2) = {want} (batch size {batch_size}), got {got}; "
+                f"S5 expects a complex state of shape (B, P/2) = {want} (batch size {batch_size}), "
+                f"got {got}; "
                 f"start from init_state({batch_size}) of this mixer"
             )
 

@@ -30,7 +30,14 @@ BACKENDS = {"reference": long_conv_reference, "direct": long_conv_direct, "fft":
 #: "auto" convolves directly when at most this many taps can meet the sequence
 DIRECT_MAX_TAPS = 64
 
-__all__ = ["BACKENDS", "DIRECT_MAX_TAPS", "long_conv", "long_conv_direct", "long_conv_fft", "long_conv_reference"]
+__all__ = [
+    "BACKENDS",
+    "DIRECT_MAX_TAPS",
+    "long_conv",
+    "long_conv_direct",
+    "long_conv_fft",
+    "long_conv_reference",
+]
 
 
 def long_conv(u: Tensor, kernel: Tensor, *, causal: bool = True, backend: str = "auto") -> Tensor:
@@ -47,7 +54,8 @@ def long_conv(u: Tensor, kernel: Tensor, *, causal: bool = True, backend: str = 
         raise ValueError("long_conv expects a kernel with at least one tap, got length 0")
     if not causal and kernel.shape[1] % 2 == 0:
         raise ValueError(
-            f"a two-sided kernel (causal=False) has odd length 2L-1 centred at L-1, got length {kernel.shape[1]}"
+            "a two-sided kernel (causal=False) has odd length 2L-1 centred at L-1, "
+            f"got length {kernel.shape[1]}"
         )
     if backend == "auto":
         taps = min(kernel.shape[1], u.shape[1] if causal else 2 * u.shape[1] - 1)

@@ -66,7 +66,9 @@ def _check(a: Tensor, b: Tensor, h0: Tensor | None) -> None:
         except RuntimeError:
             ok = False
         if not ok:
-            raise ValueError(f"linear_scan expects h0 broadcastable to (B, *S) = {want}, got {tuple(h0.shape)}")
+            raise ValueError(
+                f"linear_scan expects h0 broadcastable to (B, *S) = {want}, got {tuple(h0.shape)}"
+            )
 
 
 def linear_scan(
@@ -105,7 +107,12 @@ def selective_scan(
     """
     bsz, t_len, e = u.shape
     n = a.shape[-1]
-    expected = {"delta": (delta, (bsz, t_len, e)), "A": (a, (e, n)), "B": (b, (bsz, t_len, n)), "C": (c, (bsz, t_len, n))}
+    expected = {
+        "delta": (delta, (bsz, t_len, e)),
+        "A": (a, (e, n)),
+        "B": (b, (bsz, t_len, n)),
+        "C": (c, (bsz, t_len, n)),
+    }
     if d is not None:
         expected["D"] = (d, (e,))
     if h0 is not None:

@@ -17,6 +17,8 @@ and return ``y`` in ``u.dtype`` and the final state in the accumulation dtype.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -37,7 +39,13 @@ def _prepare(u, delta, a, b, c, d, h0):
 
 
 def selective_scan_reference(
-    u: Tensor, delta: Tensor, a: Tensor, b: Tensor, c: Tensor, d: Tensor | None = None, h0: Tensor | None = None
+    u: Tensor,
+    delta: Tensor,
+    a: Tensor,
+    b: Tensor,
+    c: Tensor,
+    d: Tensor | None = None,
+    h0: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """The selective scan one step at a time.
 
@@ -67,15 +75,21 @@ def selective_scan_chunked(
     h0: Tensor | None = None,
     *,
     block: int = BLOCK,
-    chunk_size: int = CHUNK,
+    chunk_size: int | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Same contract as :func:`selective_scan_reference`, a block of time steps at a time."""
+    """Same contract as :func:`selective_scan_reference`, a block of time steps at a time.
+
+    ``chunk_size`` defaults to ``min(CHUNK, ceil(sqrt(block length)))``, which keeps the
+    Python steps per block near their minimum for short sequences.
+    """
     out_dtype = u.dtype
     u, delta, a, b, c, d, h = _prepare(u, delta, a, b, c, d, h0)
     ys = []
     for s in range(0, u.shape[1], block):
         sl = slice(s, s + block)
-        y_blk, h = _block(u[:, sl], delta[:, sl], a, b[:, sl], c[:, sl], h, chunk_size)
+        length = u[:, sl].shape[1]
+        chunk = chunk_size or min(CHUNK, math.ceil(math.sqrt(length)))
+        y_blk, h = _block(u[:, sl], delta[:, sl], a, b[:, sl], c[:, sl], h, chunk)
         ys.append(y_blk)
     y = torch.cat(ys, dim=1) if ys else u
     if d is not None:
@@ -83,7 +97,7 @@ def selective_scan_chunked(
     return y.to(out_dtype), h
 
 
-def _block(u: Tensor, delta: Tensor, a: Tensor, b: Tensor, c: Tensor, h: Tensor, chunk: int = CHUNK):
+def _block(u: Tensor, delta: Tensor, a: Tensor, b: Tensor, c: Tensor, h: Tensor, chunk: int):
     """One block of ``L`` steps in chunks of ``chunk``: the two-level scan of
     :mod:`.chunked`, with the chunk decays taken from ``exp(A sum dt)`` and ``C`` contracted
     as the last level runs, so the states of every step are never stored at once."""
