@@ -27,6 +27,8 @@ FORMAT_VERSION = 1
 MAGIC = b"LONGARENA-SPLIT\x00"
 _DIGEST = 32
 _OFF = {"off", "0", "false", "no", "none"}
+_UMASK = os.umask(0o022)  # read once at import (os.umask can only be read by setting it)
+os.umask(_UMASK)
 
 
 class CacheCorruptError(RuntimeError):
@@ -64,9 +66,7 @@ def save(path: Path, payload: dict[str, Any]) -> None:
             f.flush()
             os.fsync(f.fileno())
         # mkstemp creates owner-only files; a cache is as readable as anything else written
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
