@@ -36,9 +36,9 @@ class Biased(Adapter):
 
     def generate_ids(self, ids, max_new_tokens):
         text = self.decode(ids)
-        if "JSON data" in text:
-            pairs = re.findall(r'"([0-9a-f-]{36})": "([0-9a-f-]{36})"', text)
-            key = re.search(r'Key: "([0-9a-f-]{36})"', text).group(1)
+        pairs = re.findall(r'"([0-9a-f-]{36})": "([0-9a-f-]{36})"', text)
+        if pairs:  # key-value retrieval: the key asked for is the last UUID of the prompt
+            key = re.findall(r"[0-9a-f-]{36}", text)[-1]
             i = [k for k, _ in pairs].index(key)
             return self.encode(f'"{pairs[i][1]}"' if i in (0, len(pairs) - 1) else '"00000000-0000-4000-8000-000000000000"')
         first = re.search(r"Document \[1\]\(Title: [^)]*\) (\S+)", text).group(1)

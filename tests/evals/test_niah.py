@@ -14,7 +14,7 @@ from longarena.evals.adapter import Adapter, ByteTokenizer, EvalError
 
 
 class Oracle(Adapter):
-    """Reads the answer out of the prompt when the prompt fits its ``window`` of bytes, else says nothing useful."""
+    """Repeats the long numbers of the prompt when it fits its ``window`` of bytes, else says nothing useful."""
 
     def __init__(self, window: int, max_length: int | None = None) -> None:
         self.tok = ByteTokenizer()
@@ -41,15 +41,11 @@ class Oracle(Adapter):
         raise NotImplementedError
 
     def generate_ids(self, ids, max_new_tokens):
-        text = self.decode(ids)
         if len(ids) > self.window:
             return self.encode(" I do not know.")
-        key = re.search(r"magic number for (\S+) mentioned", text)
-        if key:
-            value = re.search(rf"magic numbers for {re.escape(key.group(1))} is: (\d+)", text).group(1)
-        else:
-            value = re.search(r"pass key is (\d+)", text).group(1)
-        return self.encode(f" {value}.")
+        # the haystacks hold no other long digit runs than the hidden key/number
+        found = dict.fromkeys(re.findall(r"\d{5,}", self.decode(ids)))
+        return self.encode(" " + " ".join(found) + ".")
 
 
 @pytest.mark.parametrize("kind", ["passkey", "needle"])

@@ -227,15 +227,22 @@ class HFAdapter(Adapter):
         x = self._tensor(ids)
         # fused SDPA kernels do not return weights; the eager path does, and computes the same
         previous = getattr(self.model.config, "_attn_implementation", None)
-        self.model.set_attn_implementation("eager")
+        self._set_attention("eager")
         try:
             out = self.model(input_ids=x, output_attentions=True, use_cache=False)
         finally:
             if previous is not None:
-                self.model.set_attn_implementation(previous)
+                self._set_attention(previous)
         if not out.attentions or out.attentions[0] is None:
             raise EvalError(f"{type(self.model).__name__} returned no attention weights")
         return torch.stack([a[0].float() for a in out.attentions]).cpu()  # (L, H, T, T)
+
+
+    def _set_attention(self, implementation: str) -> None:
+        if hasattr(self.model, "set_attn_implementation"):
+            self.model.set_attn_implementation(implementation)
+        else:  # transformers < 4.48 reads the choice from the config at every forward
+            self.model.config._attn_implementation = implementation
 
 
 def load_hf(path: str | os.PathLike, *, dtype: torch.dtype = torch.float32, device: str = "cpu") -> HFAdapter:
