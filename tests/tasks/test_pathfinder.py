@@ -105,6 +105,7 @@ def test_image_content_sequence_form_and_presets():
         (dict(contour_length=50), "contour_length"),
         (dict(distractor_length=20), "distractor_length must be in 1..contour_length=14"),
         (dict(max_turn=3.0), "max_turn"),
+        (dict(resolution=16, contour_length=4, distractor_length=2), "need contour_length >= 9"),
     ],
 )
 def test_bad_configs(config, match):

@@ -66,6 +66,14 @@ class PathfinderConfig(TaskConfig):
                 f"distractor_length must be in 1..contour_length={self.contour_length}, "
                 f"got {self.distractor_length}"
             )
+        # the markers (plus a gap) must fit apart on one contour's two ends
+        marker = max(1.3 * self.scale, 1.8)
+        shortest = math.ceil((2 * marker + 2) * 1.6 / (2 * self.scale))
+        if self.contour_length < shortest:
+            raise ConfigError(
+                f"contour_length={self.contour_length} is too short at resolution {self.resolution}: the "
+                f"markers on its two ends would touch; need contour_length >= {shortest}"
+            )
         if not 0 <= self.max_turn <= math.pi / 2:
             raise ConfigError(f"max_turn must be in [0, pi/2] radians, got {self.max_turn}")
         if not 0.2 <= self.dash_fraction <= 1:
