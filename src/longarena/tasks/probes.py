@@ -8,7 +8,8 @@ a token budget measured with the caller's tokenizer.
   (Mohtashami & Jaggi 2023).
 - ``make_needle``: needle-in-a-haystack: a "special number" sentence inserted at a sentence
   boundary at ``depth`` in generated prose; the haystack is fitted to the token budget
-  by binary search over its words, so the prompt lands within a few tokens of it.
+  by binary search over its words, so the prompt lands within a few tokens of it (and
+  the haystack may end mid-sentence).
 - ``make_multikey`` / ``make_multivalue``: RULER's variants: several needles with other
   keys as distractors, or several values under one key, all of which must be returned.
 - ``make_variable_tracking``: RULER's chains ``VAR A = 12345``, ``VAR B = A`` … spread
@@ -292,35 +293,12 @@ def _digits(rng: random.Random, n: int) -> str:
     return str(rng.randrange(10 ** (n - 1), 10**n))
 
 
+_KEY_ADJ = "amber brisk calm dusty eager faint gentle hollow icy jolly keen lucid".split()
+_KEY_NOUN = "otter falcon lantern meadow quartz harbor violin thistle cobalt ember glacier".split()
+
+
 def _key_word(rng: random.Random) -> str:
-    a = (
-        "amber",
-        "brisk",
-        "calm",
-        "dusty",
-        "eager",
-        "faint",
-        "gentle",
-        "hollow",
-        "icy",
-        "jolly",
-        "keen",
-        "lucid",
-    )
-    b = (
-        "otter",
-        "falcon",
-        "lantern",
-        "meadow",
-        "quartz",
-        "harbor",
-        "violin",
-        "thistle",
-        "cobalt",
-        "ember",
-        "glacier",
-    )
-    return f"{rng.choice(a)}-{rng.choice(b)}-{rng.randrange(100, 1000)}"
+    return f"{rng.choice(_KEY_ADJ)}-{rng.choice(_KEY_NOUN)}-{rng.randrange(100, 1000)}"
 
 
 # --- probes ------------------------------------------------------------------------------------------
