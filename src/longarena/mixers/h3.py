@@ -90,10 +90,10 @@ class H3(Mixer):
         self.half_state = half
         self.qkv_proj = nn.Linear(d, 3 * d)
         self.out_proj = nn.Linear(d, d)
-        # shift SSM kernel: mostly "the current key", a little of the previous ones
-        shift = torch.randn(d, config.shift_size) * 0.1
-        shift[:, 0] += 1.0
-        self.shift_kernel = nn.Parameter(shift)
+        # shift SSM kernel (its C): random, so that every lag starts with a gradient; a kernel
+        # started near "the current key" must first unlearn that to relate a value to the key
+        # before it, and learns associative recall several times more slowly
+        self.shift_kernel = nn.Parameter(torch.randn(d, config.shift_size) / math.sqrt(config.shift_size))
         # S4D-Lin initialisation of the diagonal SSM, one set per head
         log_dt = torch.rand(h) * (math.log(config.dt_max) - math.log(config.dt_min)) + math.log(config.dt_min)
         self.log_dt = nn.Parameter(log_dt)
