@@ -44,10 +44,13 @@ _SIDE_FILES = ("tokenizer", "vocab", "merges", "special_tokens_map", "added_toke
 
 def _check(method: str, factor: Any, params: dict[str, Any]) -> None:
     if method not in METHODS:
-        raise ConfigError(f"unknown context-extension method {method!r}; known methods: {', '.join(sorted(METHODS))}")
-    if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not math.isfinite(factor) or factor < 1:
+        known = ", ".join(sorted(METHODS))
+        raise ConfigError(f"unknown context-extension method {method!r}; known methods: {known}")
+    is_number = isinstance(factor, (int, float)) and not isinstance(factor, bool)
+    if not is_number or not math.isfinite(factor) or factor < 1:
         raise ConfigError(
-            f"factor must be a finite number >= 1 (new context / trained context; 1 = unchanged), got {factor!r}"
+            f"factor must be a finite number >= 1 (new context / trained context; 1 = unchanged), "
+            f"got {factor!r}"
         )
     unknown = sorted(set(params) - set(METHODS[method]))
     if unknown:
@@ -100,7 +103,8 @@ def _rope_parameters(config: Any) -> dict[str, Any]:
     params.setdefault("rope_type", params.pop("type", "default"))
     if params.get("rope_theta") is None or any(isinstance(v, dict) for v in params.values()):
         raise ConfigError(
-            f"{type(config).__name__} has no single set of RoPE parameters (per-layer RoPE types are not supported)"
+            f"{type(config).__name__} has no single set of RoPE parameters "
+            f"(per-layer RoPE types are not supported)"
         )
     return params
 
@@ -126,7 +130,8 @@ def _extend_hf(model: nn.Module, method: str, factor: float, params: dict[str, A
         old = _rope_parameters(config)
         if old["rope_type"] != "default":
             raise ConfigError(
-                f"the model already uses RoPE scaling {old['rope_type']!r} ({old}); extend the unscaled checkpoint"
+                f"the model already uses RoPE scaling {old['rope_type']!r} ({old}); "
+                f"extend the unscaled checkpoint"
             )
         trained = int(params.get("original_max_len", config.max_position_embeddings))
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
@@ -167,11 +172,14 @@ def _extend_longarena(model: nn.Module, method: str, factor: float, params: dict
     if not targets:
         found = sorted({type(m).__name__ for m in model.modules() if isinstance(m, positions.PositionScheme)})
         raise ConfigError(
-            f"{type(model).__name__} has no plain RoPE scheme to scale (position schemes found: {found or 'none'}); "
+            f"{type(model).__name__} has no plain RoPE scheme to scale "
+            f"(position schemes found: {found or 'none'}); "
             f"RoPE scalings apply to models built with position='rope'"
         )
     if method in ("dynamic_ntk", "yarn") and "original_max_len" not in params:
-        raise ConfigError(f"extend(method={method!r}) on a LongArena model needs original_max_len= (its training length)")
+        raise ConfigError(
+            f"extend(method={method!r}) on a LongArena model needs original_max_len= (its training length)"
+        )
     for parent, attr, rope in targets:
         position_params = {"theta": rope.config.theta, "factor": factor, **params}
         scaled = positions.get(
@@ -206,9 +214,13 @@ def extend_checkpoint(
     _check(method, factor, params)
     source, out = Path(model_path), Path(out_dir)
     if not source.is_dir():
-        raise FileNotFoundError(f"model path {str(source)!r} is not a folder (expected a saved transformers model)")
+        raise FileNotFoundError(
+            f"model path {str(source)!r} is not a folder (expected a saved transformers model)"
+        )
     if gguf_file is None and not (source / "config.json").is_file():
-        raise FileNotFoundError(f"{str(source)!r} has no config.json; is it a transformers save_pretrained folder?")
+        raise FileNotFoundError(
+            f"{str(source)!r} has no config.json; is it a transformers save_pretrained folder?"
+        )
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise FileExistsError(f"output {str(out)!r} already exists and is not empty; choose a new folder")
     try:

@@ -53,7 +53,8 @@ class LengthScaledRopeConfig(ScaledRopeConfig):
 
     def validate(self) -> None:
         super().validate()
-        if isinstance(self.original_max_len, bool) or not isinstance(self.original_max_len, int) or self.original_max_len <= 0:
+        n = self.original_max_len
+        if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
             raise ConfigError(f"original_max_len must be a positive int, got {self.original_max_len!r}")
 
 
@@ -72,7 +73,8 @@ class YarnConfig(LengthScaledRopeConfig):
         super().validate()
         if not (self.beta_fast > self.beta_slow > 0):
             raise ConfigError(
-                f"YaRN needs beta_fast > beta_slow > 0, got beta_fast={self.beta_fast}, beta_slow={self.beta_slow}"
+                f"YaRN needs beta_fast > beta_slow > 0, "
+                f"got beta_fast={self.beta_fast}, beta_slow={self.beta_slow}"
             )
         if self.attention_factor is not None and not self.attention_factor > 0:
             raise ConfigError(f"YaRN attention_factor must be > 0 or None, got {self.attention_factor}")
@@ -99,7 +101,9 @@ def yarn_attention_factor(factor: float) -> float:
     return 1.0 if factor <= 1 else 0.1 * math.log(factor) + 1.0
 
 
-def yarn_ramp(head_dim: int, theta: float, original_max_len: int, beta_fast: float, beta_slow: float, truncate: bool) -> Tensor:
+def yarn_ramp(
+    head_dim: int, theta: float, original_max_len: int, beta_fast: float, beta_slow: float, truncate: bool
+) -> Tensor:
     """Weight of the *extrapolated* (original) frequency per pair, float64 (K/2,).
 
     Pair i turns ``L0 w_i / (2 pi)`` times over the trained length; solving for the
@@ -192,6 +196,8 @@ class YarnRope(Rope):
 
     def frequencies(self) -> tuple[Tensor, float]:
         c = self.config
-        inv_freq = yarn_inv_freq(c.head_dim, c.theta, c.factor, c.original_max_len, c.beta_fast, c.beta_slow, c.truncate)
+        inv_freq = yarn_inv_freq(
+            c.head_dim, c.theta, c.factor, c.original_max_len, c.beta_fast, c.beta_slow, c.truncate
+        )
         scale = c.attention_factor if c.attention_factor is not None else yarn_attention_factor(c.factor)
         return inv_freq, float(scale)

@@ -37,7 +37,8 @@ class T5BiasConfig(PositionConfig):
         per_side = self.num_buckets // 2 if self.mode == "bidirectional" else self.num_buckets
         if per_side < 2:
             raise ConfigError(
-                f"T5 bias needs at least 2 buckets per direction, got num_buckets={self.num_buckets} ({self.mode})"
+                f"T5 bias needs at least 2 buckets per direction, "
+                f"got num_buckets={self.num_buckets} ({self.mode})"
             )
         if self.max_distance <= per_side // 2:
             raise ConfigError(
@@ -81,7 +82,8 @@ class T5Bias(PositionScheme):
         """(..., Tq, Tk) bucket indices."""
         c = self.config
         rel = k_pos[..., None, :] - q_pos[..., :, None]
-        return t5_bucket(rel, bidirectional=c.mode == "bidirectional", num_buckets=c.num_buckets, max_distance=c.max_distance)
+        two_sided = c.mode == "bidirectional"
+        return t5_bucket(rel, bidirectional=two_sided, num_buckets=c.num_buckets, max_distance=c.max_distance)
 
     def bias(self, q_pos: Tensor, k_pos: Tensor) -> Tensor:
         """(H, Tq, Tk) for 1-d positions, (B, H, Tq, Tk) for (B, T) positions."""
