@@ -89,7 +89,8 @@ def haystack(tokenizer, lengths: list[int], depths: list[float]) -> list[dict]:
                 }
             )
             print(
-                f"budget {length:6d} depth {depth:4.2f}: {p.tokens:6d} tokens (short by {length - p.tokens}), needle at {p.depth:.4f}, {seconds:.2f} s",
+                f"budget {length:6d} depth {depth:4.2f}: {p.tokens:6d} tokens "
+                f"(short by {length - p.tokens}), needle at {p.depth:.4f}, {seconds:.2f} s",
                 flush=True,
             )
     return rows
