@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -172,3 +173,22 @@ def test_sinusoidal_embedding_formula():
     assert torch.equal(scheme.rotate(x, torch.arange(3)), x)
     with pytest.raises(ValueError, match="even width"):
         scheme.embed(torch.arange(3), 5)
+
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["alibi", "t5"])
+def test_score_mod_inside_flex_attention_equals_the_reference_with_bias(name):
+    """The real consumer: torch's flex_attention (eager, unfused on CPU) with a cache offset."""
+    flex = pytest.importorskip("torch.nn.attention.flex_attention")
+    from longarena.ops.attention import attention_reference
+
+    torch.manual_seed(0)
+    scheme = positions.get(name, n_heads=3)
+    q, k, v = torch.randn(1, 3, 6, 8), torch.randn(1, 3, 10, 8), torch.randn(1, 3, 10, 8)
+    q_pos, k_pos = torch.arange(4, 10), torch.arange(10)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # eager flex_attention warns that it is unfused
+        out = flex.flex_attention(q, k, v, score_mod=scheme.score_mod(q_pos, k_pos))
+    ref = attention_reference(q, k, v, causal=False, bias=scheme.bias(q_pos, k_pos).detach())
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
