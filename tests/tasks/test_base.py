@@ -170,3 +170,13 @@ def test_packed_collate_keeps_every_token_and_marks_documents():
     assert batch["input_ids"].shape == (3, 16)
     with pytest.raises(ValueError, match="'lm' task"):
         tasks.get("majority").loader("train", 4, pack_length=16)
+
+
+def test_long_sequences_get_smaller_shards():
+    """A 2^20-token induction split is built in shards of 16 examples, not 4096."""
+    task = tasks.get("induction_heads", length=256, test_length=2**20, n_test=2)
+    assert task.examples_per_shard == 2**24 // (2**20) == 16
+    assert tasks.get("induction_heads", length=256).examples_per_shard == task.shard_size
+    ds = task.split("test")
+    assert ds.lengths().tolist() == [2**20, 2**20]
+    assert ds.state()["flat"]["input_ids"].dtype == torch.uint8  # stored as bytes

@@ -35,6 +35,7 @@ from longarena.tasks import cache
 IGNORE = -100
 SPLITS = ("train", "validation", "test")
 KINDS = ("lm", "classification", "retrieval")
+SHARD_TOKENS = 2**24
 
 
 @dataclasses.dataclass
@@ -233,6 +234,12 @@ class Task:
         raise NotImplementedError
 
     # --- shared machinery ----------------------------------------------------------------------
+    @property
+    def examples_per_shard(self) -> int:
+        """``shard_size``, lowered for long sequences so a shard stays near 16M tokens in memory
+        (induction heads at 2^20 tokens would otherwise build 4096 x 1M int64 at once)."""
+        return max(1, min(self.shard_size, SHARD_TOKENS // max(self.seq_len, 1)))
+
     def split_size(self, name: str) -> int:
         return getattr(self.config, f"n_{name}")
 
@@ -248,7 +255,7 @@ class Task:
                 "config": self.config.to_dict(),
                 "split": name,
                 "n": self.split_size(name),
-                "shard_size": self.shard_size,
+                "shard_size": self.examples_per_shard,
             }
         )
         return root / (self.registry_name or type(self).__name__) / f"{name}-{key[:32]}.pt"
@@ -291,7 +298,8 @@ class Task:
 
     def _build(self, name: str, progress: bool | None, workers: int | None) -> ExampleDataset:
         n = self.split_size(name)
-        sizes = [min(self.shard_size, n - start) for start in range(0, n, self.shard_size)]
+        per = self.examples_per_shard
+        sizes = [min(per, n - start) for start in range(0, n, per)]
         if progress is None:
             progress = len(sizes) > 1 and sys.stderr.isatty()
         if workers is None:
