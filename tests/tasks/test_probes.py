@@ -134,3 +134,13 @@ def test_custom_needle_and_counter_function():
         answer="eat a sandwich",
     )
     assert 296 <= len(p.prompt.split()) == p.tokens <= 300 and "eat a sandwich" in p.prompt
+
+
+def test_multiquery_asks_every_key(bpe):
+    p = probes.make_multiquery(1200, 0.6, num_queries=3, seed=4, tokenizer=bpe)
+    found = dict(re.findall(r"special number for ([\w-]+) is (\d+)\.", _haystack(p)))
+    keys = p.metadata["keys"]
+    assert len(keys) == 3 and all(k in p.prompt.split("\n\n")[-1] for k in keys)
+    assert [found[k] for k in keys] == p.answers
+    assert abs(p.depth - 0.6) < 0.05 and 1200 - 6 <= p.tokens <= 1200
+    assert len(probes.grid("multiquery", [600], [0.0, 1.0], num_queries=2)) == 2

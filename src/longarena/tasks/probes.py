@@ -12,6 +12,7 @@ a token budget measured with the caller's tokenizer.
   the haystack may end mid-sentence).
 - ``make_multikey`` / ``make_multivalue``: RULER's variants: several needles with other
   keys as distractors, or several values under one key, all of which must be returned.
+- ``make_multiquery``: RULER's multi-query variant: several needles, all asked about.
 - ``make_variable_tracking``: RULER's chains ``VAR A = 12345``, ``VAR B = A`` … spread
   through the haystack; the model must list every variable that holds the value.
 - ``make_kv_retrieval``: Lost in the Middle: a JSON object of UUID pairs, the gold pair at
@@ -393,6 +394,41 @@ def make_multikey(
     )
 
 
+def make_multiquery(
+    length_tokens: int,
+    depth: float,
+    num_queries: int = 4,
+    seed: int = 0,
+    tokenizer: Any = None,
+    *,
+    filler: str = "prose",
+) -> Probe:
+    """RULER multi-query NIAH: ``num_queries`` needles (the first at ``depth``), all asked about."""
+    _check_depth(depth)
+    if num_queries < 1:
+        raise ConfigError(f"num_queries must be >= 1, got {num_queries}")
+    rng = random.Random(f"multiquery/{seed}")
+    keys: list[str] = []
+    while len(keys) < num_queries:
+        k = _key_word(rng)
+        if k not in keys:
+            keys.append(k)
+    values = [_digits(rng, 7) for _ in keys]
+    depths = [depth] + [rng.random() for _ in keys[1:]]
+    inserts = [(d, _needle_sentence(k, v)) for d, k, v in zip(depths, keys, values)]
+    names = ", ".join(keys[:-1]) + (f" and {keys[-1]}" if len(keys) > 1 else keys[0])
+    question = f"Which special numbers were given for {names} in the text above? They are"
+    text, reached, n = _fit(length_tokens, _NEEDLE_INTRO, question, inserts, seed, tokenizer, filler)
+    return Probe(
+        "multiquery",
+        text,
+        values,
+        reached[0],
+        n,
+        {"requested_depth": depth, "budget": length_tokens, "keys": keys, "depths": reached},
+    )
+
+
 def make_multivalue(
     length_tokens: int,
     depth: float,
@@ -495,6 +531,7 @@ PROBES: dict[str, Callable[..., Probe]] = {
     "needle": make_needle,
     "multikey": make_multikey,
     "multivalue": make_multivalue,
+    "multiquery": make_multiquery,
     "variable_tracking": make_variable_tracking,
     "kv_retrieval": make_kv_retrieval,
 }
@@ -509,9 +546,10 @@ def grid(
     **kw: Any,
 ) -> list[Probe]:
     """Probes of ``kind`` (passkey, needle, multikey, multivalue) for every (length, depth) cell."""
-    if kind not in ("passkey", "needle", "multikey", "multivalue"):
+    if kind not in ("passkey", "needle", "multikey", "multivalue", "multiquery"):
         raise ConfigError(
-            f"grid needs a depth-controlled probe: passkey, needle, multikey or multivalue; got {kind!r}"
+            "grid needs a depth-controlled probe: passkey, needle, multikey, multivalue or multiquery; "
+            f"got {kind!r}"
         )
     maker = PROBES[kind]
     return [
