@@ -143,4 +143,7 @@ def test_multiquery_asks_every_key(bpe):
     assert len(keys) == 3 and all(k in p.prompt.split("\n\n")[-1] for k in keys)
     assert [found[k] for k in keys] == p.answers
     assert abs(p.depth - 0.6) < 0.05 and 1200 - 6 <= p.tokens <= 1200
-    assert len(probes.grid("multiquery", [600], [0.0, 1.0], num_queries=2)) == 2
+    g = probes.grid("multiquery", [600], [0.0, 1.0], num_queries=2)
+    assert [len(x.answers) for x in g] == [2, 2]
+    g = probes.grid("multikey", [600], [0.5], num_keys=3)
+    assert len(g[0].metadata["distractor_keys"]) == 2

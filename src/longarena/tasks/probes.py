@@ -553,7 +553,7 @@ def grid(
         )
     maker = PROBES[kind]
     return [
-        maker(length, depth, seed * 1_000_003 + i * 1000 + j, tokenizer, **kw)
+        maker(length, depth, seed=seed * 1_000_003 + i * 1000 + j, tokenizer=tokenizer, **kw)
         for i, length in enumerate(lengths)
         for j, depth in enumerate(depths)
     ]
