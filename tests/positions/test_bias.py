@@ -192,3 +192,8 @@ def test_score_mod_inside_flex_attention_equals_the_reference_with_bias(name):
         out = flex.flex_attention(q, k, v, score_mod=scheme.score_mod(q_pos, k_pos))
     ref = attention_reference(q, k, v, causal=False, bias=scheme.bias(q_pos, k_pos).detach())
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_registry_has_every_public_scheme():
+    assert {"sinusoidal", "rope", "linear", "ntk", "dynamic_ntk", "yarn", "alibi", "t5", "xl"} <= set(positions.names())
+    assert all(positions.summaries()[name] for name in positions.names())
