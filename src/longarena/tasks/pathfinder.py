@@ -9,7 +9,8 @@ chosen (with the image redrawn if need be) to lie as far apart as the two ends o
 contour do, so their distance does not give the label away either (a threshold on it scores
 about 55-58%, against 68% with ends picked at random): only following the path tells.
 
-Contours are chains of ``contour_length`` dashes; each dash turns from the previous one by
+Distractors: contours of ``distractor_length`` dashes, then single-dash paddles, each
+placed until the canvas has no room left. Contours are chains of ``contour_length`` dashes; each dash turns from the previous one by
 an angle drawn uniformly from [-max_turn, max_turn] and keeps a clearance from every other
 contour, so contours never touch or cross. Images are drawn at twice the resolution and
 averaged 2×2, which anti-aliases the dashes into grey levels. Lengths scale with the
@@ -47,6 +48,7 @@ class PathfinderConfig(TaskConfig):
     resolution: int = 32
     contour_length: int = 14
     num_distractors: int | None = None
+    num_paddles: int | None = None
     distractor_length: int = 5
     max_turn: float = 0.6
     dash_fraction: float = 0.6
@@ -60,6 +62,10 @@ class PathfinderConfig(TaskConfig):
         if self.num_distractors is not None and not 0 <= self.num_distractors <= 200:
             raise ConfigError(
                 f"num_distractors must be in 0..200 (or None for the default), got {self.num_distractors}"
+            )
+        if self.num_paddles is not None and not 0 <= self.num_paddles <= 1000:
+            raise ConfigError(
+                f"num_paddles must be in 0..1000 (or None for the default), got {self.num_paddles}"
             )
         if not 1 <= self.distractor_length <= self.contour_length:
             raise ConfigError(
@@ -87,6 +93,10 @@ class PathfinderConfig(TaskConfig):
     def distractors(self) -> int:
         # ink density stays constant across resolutions: count ∝ side since length ∝ side
         return round(10 * self.scale) if self.num_distractors is None else self.num_distractors
+
+    @property
+    def paddles(self) -> int:
+        return 2 * self.distractors if self.num_paddles is None else self.num_paddles
 
 
 @functools.lru_cache(maxsize=64)
@@ -229,6 +239,16 @@ class _Canvas:
         return np.round(pooled * 255).astype(np.uint8)
 
 
+def _scatter(canvas: _Canvas, count: int, length: int) -> None:
+    """Up to ``count`` contours of ``length`` dashes, until the canvas is full."""
+    misses = 0
+    for _ in range(count):
+        # a full canvas rejects every new contour; stop instead of burning time on it
+        misses = 0 if canvas.grow(length, tries=6) is not None else misses + 1
+        if misses == 4:
+            break
+
+
 def endpoints(dashes: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     return dashes[0][0], dashes[-1][-1]
 
@@ -265,12 +285,9 @@ def draw_canvas(c: PathfinderConfig, label: int, rng: np.random.Generator) -> _C
             continue
         for p, i in zip(pair, ids):
             canvas.reserve(p, i)
-        misses = 0
-        for _d in range(c.distractors):
-            # a full canvas rejects every new contour; stop instead of burning time on it
-            misses = 0 if canvas.grow(c.distractor_length, tries=6) is not None else misses + 1
-            if misses == 4:
-                break
+        _scatter(canvas, c.distractors, c.distractor_length)
+        # single dashes fill what room the distractor contours leave, as in the benchmark's clutter
+        _scatter(canvas, c.paddles, 1)
         for p, i in zip(pair, ids):
             canvas.marker(p, i)
         return canvas
@@ -286,7 +303,7 @@ class Pathfinder(Task):
 
     config_class = PathfinderConfig
     kind = "classification"
-    version = 2  # 2: negatives' markers matched to positives' distances
+    version = 3  # 2: negatives' markers matched to positives' distances; 3: single-dash paddles
     shard_size = 1000
     parallel = True
     cache_by_default = True
