@@ -137,3 +137,20 @@ def test_bad_configs_and_short_text(tiny_longarena):
     with pytest.raises(ConfigError, match="name:factor"):
         ppl.parse_method("yarn")
     assert ppl.parse_method("yarn:4") == ("yarn", 4.0, {})
+
+
+def test_aligned_windows_score_the_same_tokens(tiny_longarena):
+    from tests.evals.test_lambada import Bigram
+
+    ids = list(("go to ghi " * 40).encode())
+    # a context-free model: with the same scored tokens every length must give the same perplexity
+    res = ppl.evaluate(Bigram(), ids, lengths=(16, 64, 128), protocol="aligned", stride=8, windows=2)
+    assert len({round(r["ppl"], 9) for r in res.rows}) == 1
+    a = LongArenaAdapter(tiny_longarena)
+    ids = a.encode(TEXT)
+    res = ppl.evaluate(a, ids, lengths=(32, 128), protocol="aligned", stride=8, windows=2)
+    for row in res.rows:
+        L = row["length"]
+        manual = torch.cat([_window_nll(tiny_longarena, ids[e - L : e])[-8:] for e in (128, 256)])
+        assert row["ppl"] == pytest.approx(math.exp(float(manual.mean())), rel=1e-5)
+        assert row["tokens"] == 16

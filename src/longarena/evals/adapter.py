@@ -193,9 +193,8 @@ class HFAdapter(Adapter):
         return next(self.model.parameters()).device
 
     def _hidden(self, ids: Tensor) -> Tensor:
-        if not self._plain_head:
-            self._full_logits = self.model(input_ids=ids).logits
-            return self._full_logits
+        if not self._plain_head:  # the model's own forward applies the capping/scaling
+            return self.model(input_ids=ids, use_cache=False).logits
         return self.model.get_decoder()(input_ids=ids, use_cache=False).last_hidden_state
 
     def _head(self, h: Tensor) -> Tensor:

@@ -1,6 +1,6 @@
 """Perplexity vs context length on long text, per-position loss curves, context-extension tables.
 
-Two protocols:
+Three protocols:
 
 - ``fixed`` windows (default): the text is cut into non-overlapping windows of exactly L
   tokens; every token of a window is predicted from the tokens before it in the window.
@@ -11,6 +11,10 @@ Two protocols:
   papers): windows of L tokens start every S tokens, and each scores only its last S
   tokens (the first window scores all), so every token is predicted once, with at least
   L - S tokens of context.
+- ``aligned`` windows: for every length the windows end at the same token (multiples of the
+  longest length) and only their last ``stride`` tokens are scored, so every length predicts
+  the *same* tokens and differs only in how much context precedes them: the cleanest curve
+  of "what does more context buy".
 
 ``compare_extensions`` evaluates one model patched by ``longarena.positions.extend`` with
 several methods (linear/PI, NTK, dynamic NTK, YaRN) at the same lengths on the same tokens
@@ -133,7 +137,7 @@ class PerplexityConfig(Config):
     #: fewer when the text runs out. Each row reports the tokens it scored.
     windows: int = 1
     protocol: str = "fixed"
-    #: sliding protocol: tokens scored per window
+    #: sliding: tokens scored per window; aligned: the last tokens scored in every window
     stride: int = 256
     #: positions averaged per point of the stored loss curve
     bucket: int = 64
@@ -143,12 +147,12 @@ class PerplexityConfig(Config):
         self.lengths = tuple(self.lengths)
         if not self.lengths or any(not isinstance(n, int) or n < 2 for n in self.lengths):
             raise ConfigError(f"lengths must be token counts >= 2, got {self.lengths}")
-        if self.protocol not in ("fixed", "sliding"):
-            raise ConfigError(f"protocol must be 'fixed' or 'sliding', got {self.protocol!r}")
+        if self.protocol not in ("fixed", "sliding", "aligned"):
+            raise ConfigError(f"protocol must be 'fixed', 'sliding' or 'aligned', got {self.protocol!r}")
         if self.windows < 1 or self.stride < 1 or self.bucket < 1:
             raise ConfigError(f"windows, stride and bucket must be >= 1, got {self.windows}, {self.stride}, {self.bucket}")
-        if self.protocol == "sliding" and any(self.stride > n for n in self.lengths):
-            raise ConfigError(f"stride ({self.stride}) must not exceed any length {self.lengths}")
+        if self.protocol != "fixed" and any(self.stride >= n for n in self.lengths):
+            raise ConfigError(f"stride ({self.stride}) must be shorter than every length {self.lengths}")
         check_policy(self.on_too_long)
 
 
@@ -174,6 +178,14 @@ def sliding_window(adapter: Adapter, ids: Sequence[int], length: int, stride: in
         out.append(adapter.token_losses(ids[start : start + length])[-stride:])
         start += stride
     return torch.cat(out)
+
+
+def aligned_windows(adapter: Adapter, ids: Sequence[int], length: int, span: int, windows: int) -> tuple[torch.Tensor, int]:
+    """Losses (W, length-1) of windows of ``length`` tokens ending at ``span``, 2 ``span``, ..."""
+    n = min(windows, len(ids) // span)
+    if n == 0:
+        raise EvalError(f"the text has {len(ids)} tokens, fewer than one window of {span}; give a longer text")
+    return torch.stack([adapter.token_losses(ids[(w + 1) * span - length : (w + 1) * span]) for w in range(n)]), n
 
 
 @dataclasses.dataclass
@@ -218,6 +230,10 @@ def evaluate(
             losses, n = fixed_windows(adapter, ids, length, config.windows)  # (W, L-1)
             curve, flat = losses.mean(0), losses.flatten()
             tail = losses[:, -max(1, (length - 1) // 8) :].flatten()
+        elif config.protocol == "aligned":
+            losses, n = aligned_windows(adapter, ids, length, max(config.lengths), config.windows)
+            curve, flat = losses.mean(0), losses[:, -config.stride :].flatten()
+            tail = flat
         else:
             flat = sliding_window(adapter, ids, length, config.stride, config.windows)
             n, curve, tail = None, None, None
