@@ -37,7 +37,7 @@ def _mixer_names(cell: Cell, task_kind: str) -> list[str]:
     else:
         names = list(cell.mixers)
     if task_kind == "lm":
-        names = [n for n in names if mixers.REGISTRY.factory(n).causal]
+        names = [n for n in names if mixers.is_causal(n, **cell.mixer_overrides.get(n, {}))]
     return names
 
 

@@ -26,6 +26,7 @@ __all__ = [
     "config_class",
     "flatten_state",
     "get",
+    "is_causal",
     "names",
     "register",
     "summaries",
@@ -68,3 +69,8 @@ def get(name: str, d_model: int | None = None, *, config: Config | dict[str, Any
     """Build mixer ``name`` of width ``d_model``; any other config field may be overridden."""
     cls = REGISTRY.factory(name)
     return cls(make_config(name, d_model, config, **overrides))
+
+
+def is_causal(name: str, **overrides: Any) -> bool:
+    """Whether mixer ``name`` with these config overrides is causal (builds a small one)."""
+    return bool(get(name, overrides.pop("d_model", 64), **overrides).causal)

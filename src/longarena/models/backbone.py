@@ -176,11 +176,12 @@ class LanguageModel(nn.Module):
             if not layer.mixer.causal
         ]
         if non_causal:
-            causal_names = [n for n in mixers.names() if mixers.REGISTRY.factory(n).causal]
+            causal_names = [n for n in mixers.names() if mixers.is_causal(n)]
             raise ConfigError(
                 f"a causal language model needs causal mixers, but {', '.join(non_causal)} "
                 f"{'is' if len(non_causal) == 1 else 'are'} non-causal; "
-                f"use a classifier for it, or one of: {', '.join(causal_names)}"
+                f"use a classifier for it, a causal configuration of it if it has one, or one of these "
+                f"(causal by default): {', '.join(causal_names)}"
             )
         self.head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         if config.tie_embeddings:
