@@ -13,7 +13,7 @@ from longarena.cli import app
 runner = CliRunner()
 
 
-@pytest.mark.parametrize("command", [[], ["list"], ["train"], ["arena"], ["version"]])
+@pytest.mark.parametrize("command", [[], ["list"], ["train"], ["arena"], ["bench"], ["extend"], ["data"], ["data", "show"], ["data", "make"], ["version"]])
 def test_every_command_has_help(command):
     result = runner.invoke(app, command + ["--help"])
     assert result.exit_code == 0, result.output
@@ -51,3 +51,27 @@ def test_train_saves_a_checkpoint_and_bad_names_are_explained(tmp_path):
     assert bad.exit_code == 2 and "known mixers" in bad.output
     bad = runner.invoke(app, ["arena", "--suite", "huge"])
     assert bad.exit_code == 2 and "known suites" in bad.output
+
+
+def test_data_show_writes_examples_and_pngs(tmp_path):
+    result = runner.invoke(app, ["data", "show", "pathfinder32", "--n", "2", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "pathfinder32" / "grid.png").is_file()
+    assert (tmp_path / "pathfinder32" / "examples.txt").read_text().count("\n") == 2
+    bad = runner.invoke(app, ["data", "show", "pathfinder31"])
+    assert bad.exit_code == 2 and "known tasks" in bad.output
+
+
+def test_extend_patches_and_saves_a_tiny_llama(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    config = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64)
+    transformers.LlamaForCausalLM(config).save_pretrained(tmp_path / "tiny")
+    result = runner.invoke(app, ["extend", "--model", str(tmp_path / "tiny"), "--method", "linear",
+                                 "--factor", "4", "--out", str(tmp_path / "long")])
+    assert result.exit_code == 0, result.output
+    saved = json.loads((tmp_path / "long" / "config.json").read_text())
+    assert "linear" in json.dumps(saved) and "4" in json.dumps(saved)
+    bad = runner.invoke(app, ["extend", "--model", str(tmp_path / "tiny"), "--method", "stretch",
+                              "--factor", "4", "--out", str(tmp_path / "x")])
+    assert bad.exit_code == 2 and "yarn" in bad.output

@@ -202,6 +202,69 @@ def bench(
         console.print(f"wrote {out}")
 
 
+@app.command()
+def extend(
+    model: Annotated[Path, typer.Option(help="a transformers save_pretrained folder (or one holding a GGUF file)")],
+    method: Annotated[str, typer.Option(help="linear (PI), ntk, dynamic_ntk or yarn")],
+    factor: Annotated[float, typer.Option(help="context extension factor (>= 1)")],
+    out: Annotated[Path, typer.Option(help="new folder for the patched model")],
+    gguf_file: Annotated[Optional[str], typer.Option(help="GGUF file name inside --model")] = None,
+    param: Annotated[Optional[list[str]], typer.Option("--param", help="method parameter, key=value (repeatable)")] = None,
+) -> None:
+    """Patch a pretrained RoPE model (Llama family) to a longer context and save it."""
+    from longarena.positions import extend_checkpoint
+
+    try:
+        path = extend_checkpoint(model, method, factor, out, gguf_file=gguf_file, **_parse_pairs(param, "--param"))
+    except (ValueError, FileNotFoundError, FileExistsError, ImportError) as exc:
+        _fail(str(exc))
+    console.print(f"{method} x{factor:g}: saved to {path}")
+
+
+data_app = typer.Typer(help="Generate, cache and inspect task data.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("show")
+def data_show(
+    name: Annotated[str, typer.Argument(help="task name (longarena list tasks)")],
+    out: Annotated[Path, typer.Option(help="folder for the summary, decoded examples and PNGs")] = Path("runs/data"),
+    n: Annotated[int, typer.Option(help="examples to show")] = 8,
+    split: Annotated[str, typer.Option(help="train, validation or test")] = "train",
+    config: Annotated[Optional[list[str]], typer.Option("--config", help="task field, key=value (repeatable)")] = None,
+) -> None:
+    """Write a look at a task: summary.json, examples.txt and, for image tasks, sample PNGs."""
+    from longarena.tasks.cli_support import show
+
+    try:
+        paths = show(name, out / name, n=n, split=split, **_parse_pairs(config, "--config"))
+    except (KeyError, ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    for path in paths:
+        console.print(f"wrote {path}")
+
+
+@data_app.command("make")
+def data_make(
+    name: Annotated[str, typer.Argument(help="task name (longarena list tasks)")],
+    workers: Annotated[Optional[int], typer.Option(help="processes for generation (default: all cores)")] = None,
+    config: Annotated[Optional[list[str]], typer.Option("--config", help="task field, key=value (repeatable)")] = None,
+) -> None:
+    """Generate and cache every split of a task (progress bar; cached splits load instantly)."""
+    from longarena.tasks.cli_support import make
+
+    try:
+        report = make(name, workers=workers, **_parse_pairs(config, "--config"))
+    except (KeyError, ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    table = Table(title=f"data {name}", title_justify="left")
+    for head in ("split", "examples", "from cache", "seconds", "file"):
+        table.add_column(head)
+    for split, info in report.items():
+        table.add_row(split, str(info["n"]), str(info["from_cache"]), str(info["seconds"]), str(info["cache_file"]))
+    console.print(table)
+
+
 def main() -> None:
     app()
 
