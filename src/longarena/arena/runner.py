@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from longarena import mixers, tasks
+from longarena import mixers, models, tasks
 from longarena.arena.suites import Cell, Suite
 from longarena.models.backbone import ModelConfig
 from longarena.train.loop import model_for_task, train
@@ -38,23 +38,37 @@ def _mixer_names(cell: Cell, task_kind: str) -> list[str]:
         names = list(cell.mixers)
     if task_kind == "lm":
         names = [n for n in names if mixers.is_causal(n, **cell.mixer_overrides.get(n, {}))]
-    return names
+    return names + [n for n in cell.models if n not in names]
+
+
+def _whole_model(cell: Cell, name: str, task) -> torch.nn.Module:
+    fields = {"vocab_size": task.vocab_size, "d_model": cell.d_model, **cell.models[name]}
+    if task.kind != "lm":
+        fields["num_classes"] = task.num_classes
+    if task.kind == "retrieval" and f"{name}_dual" in models.names():
+        name = f"{name}_dual"
+    return models.get(name, **fields)
 
 
 def run_cell(cell: Cell, mixer: str, *, progress: bool = False) -> CellResult:
+    """Train and evaluate one mixer (or one whole model named in ``cell.models``) on the cell's task."""
     task = tasks.get(cell.task, **cell.task_config)
     overrides = dict(cell.mixer_overrides.get(mixer, {}))
     if task.kind != "lm" and mixer == "attention":
         overrides.setdefault("causal", False)
-    config = ModelConfig(d_model=cell.d_model, n_layers=cell.n_layers, pattern=(mixer,), mixer={mixer: overrides} if overrides else {})
     start = time.perf_counter()
     try:
         torch.manual_seed(cell.train_config().seed)
-        model = model_for_task(task, config)
+        if mixer in cell.models:
+            model = _whole_model(cell, mixer, task)
+        else:
+            config = ModelConfig(d_model=cell.d_model, n_layers=cell.n_layers, pattern=(mixer,),
+                                 mixer={mixer: overrides} if overrides else {})
+            model = model_for_task(task, config)
         result = train(model, task, cell.train_config(), progress=progress, description=f"{cell.task}/{mixer}")
         try:
             state = model.backbone.state_size(task.seq_len) if task.kind == "lm" else None
-        except NotImplementedError:
+        except (NotImplementedError, AttributeError):
             state = None
         return CellResult(cell.task, mixer, result.final["accuracy"], result.final["loss"], result.parameters, state, result.seconds)
     except Exception as exc:  # one broken mixer must not sink the whole comparison

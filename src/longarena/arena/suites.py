@@ -24,6 +24,9 @@ class Cell(Config):
     d_model: int = 64
     n_layers: int = 2
     mixer_overrides: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    #: whole registered models compared beside the mixers (e.g. "perceiver" on classification),
+    #: built with this cell's d_model and the task's vocabulary/classes, plus these overrides
+    models: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     train: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def train_config(self) -> TrainConfig:
@@ -62,6 +65,7 @@ def _quick() -> Suite:
                 d_model=32,
                 n_layers=1,
                 mixer_overrides={"nystromformer": {"n_landmarks": 8}},
+                models={"perceiver": {"n_latents": 8, "d_latent": 32, "n_latent_layers": 1}},
                 train=dict(steps=150, batch_size=64, lr=3e-3, warmup=15),
             ),
         ),
@@ -89,6 +93,7 @@ def _smoke() -> Suite:
                 d_model=32,
                 n_layers=1,
                 mixer_overrides={"nystromformer": {"n_landmarks": 4}},
+                models={"perceiver": {"n_latents": 4, "d_latent": 32, "n_latent_layers": 1}},
                 train=dict(steps=3, batch_size=16, warmup=1, eval_batches=1),
             ),
         ),

@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from longarena import models
@@ -57,22 +58,34 @@ def model_for_task(task: Task, model: ModelConfig | dict[str, Any]) -> nn.Module
     return models.get(name, config=ClassifierConfig.from_dict(fields))
 
 
+def _logits(out: Any) -> Tensor:
+    """Models return a ``ModelOutput`` or a bare logits tensor; the loop accepts both."""
+    return out if isinstance(out, Tensor) else out.logits
+
+
 def _run(model: nn.Module, batch: dict[str, Tensor], kind: str) -> tuple[Tensor, Tensor, Tensor]:
-    """Loss, number correct and number scored for one batch."""
+    """Loss, number correct and number scored for one batch.
+
+    The loss is computed here from the logits, so any model with the head's call signature
+    trains the same way (a LongArena backbone head, a Perceiver, a user's model).
+    """
     if kind == "lm":
-        out = model(batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
-        scored = batch["labels"] != IGNORE
-        correct = ((out.logits.argmax(-1) == batch["labels"]) & scored).sum()
-        return out.loss, correct, scored.sum()
+        logits = _logits(model(batch["input_ids"], attention_mask=batch["attention_mask"]))  # (B, T, V)
+        labels = batch["labels"]
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE)
+        scored = labels != IGNORE
+        correct = ((logits.argmax(-1) == labels) & scored).sum()
+        return loss, correct, scored.sum()
     if kind == "classification":
-        out = model(batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["label"])
+        logits = _logits(model(batch["input_ids"], attention_mask=batch["attention_mask"]))  # (B, C)
     else:
-        out = model(
+        logits = _logits(model(
             batch["input_ids"], batch["input_ids_2"], attention_mask=batch["attention_mask"],
-            attention_mask_2=batch["attention_mask_2"], labels=batch["label"],
-        )
-    correct = (out.logits.argmax(-1) == batch["label"]).sum()
-    return out.loss, correct, torch.tensor(batch["label"].numel())
+            attention_mask_2=batch["attention_mask_2"],
+        ))
+    loss = F.cross_entropy(logits.float(), batch["label"])
+    correct = (logits.argmax(-1) == batch["label"]).sum()
+    return loss, correct, torch.tensor(batch["label"].numel())
 
 
 @torch.no_grad()
