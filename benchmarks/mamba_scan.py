@@ -8,11 +8,13 @@ Two measurements:
    forward without gradients and a forward + backward; and the whole Mamba mixer forward
    with each backend. Best of ``--repeats`` wall-clock runs, single thread.
 2. **Memory** at ``--mem-lens`` (default 4k, 16k, 64k): each length runs in a fresh
-   subprocess, which builds the mixer and its input, records its resident set size (RSS),
-   runs one forward (``no_grad``: inference; ``grad``: training, activations kept for
-   backward) and reports the growth of peak RSS (``ru_maxrss``) over that baseline: every
-   byte the forward made resident (outputs, workspaces, saved activations), measured by the
-   OS, not by an allocator's bookkeeping. Linear growth shows as a constant bytes/token.
+   subprocess, which builds the mixer and its input, resets the kernel's RSS high-water mark
+   (``/proc/self/clear_refs``), runs one forward (``no_grad``: inference; ``grad``:
+   training, activations kept for backward) and reports the high-water mark (``VmHWM``)
+   minus the resident set size just before: every byte the forward made resident at its
+   peak (outputs, workspaces, saved activations), counted by the OS, not by an allocator.
+   (``ru_maxrss`` is not used: Linux carries it over from the parent across ``exec``.)
+   Linear growth shows as a constant bytes/token.
 
     python benchmarks/mamba_scan.py                        # d_model 16 and 64, T = 4096
     python benchmarks/mamba_scan.py --d-models 64 --mem-lens 4096 16384 65536 --json out.json
@@ -25,7 +27,6 @@ import json
 import os
 import pathlib
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -85,9 +86,13 @@ def speed(d_model: int, seq_len: int, batch: int, repeats: int) -> dict:
     return row
 
 
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+def _status_bytes(field: str) -> int:
+    """``VmRSS`` (resident now) or ``VmHWM`` (its high-water mark) of this process, in bytes."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no {field} in /proc/self/status")
 
 
 def memory_child(d_model: int, seq_len: int, mode: str) -> None:
@@ -99,17 +104,17 @@ def memory_child(d_model: int, seq_len: int, mode: str) -> None:
     x = torch.randn(1, seq_len, d_model, requires_grad=mode == "grad")
     with torch.no_grad():
         m(x[:, :64])  # first-call allocations (thread pools, kernels) before the baseline
-    base = _rss_bytes()
-    peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    # reset the high-water mark to the current RSS (Linux >= 4.0), so the peak is this forward's
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    base = _status_bytes("VmRSS")
     if mode == "grad":
         y, _ = m(x)
     else:
         with torch.no_grad():
             y, _ = m(x)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    # ru_maxrss is a high-water mark: growth below the warm-up's peak would not show, so that
-    # margin is reported too (it is small next to the figures measured)
-    print(json.dumps({"bytes": max(peak - base, 0), "hidden_below": max(peak_before - base, 0)}))
+    peak = _status_bytes("VmHWM")
+    print(json.dumps({"bytes": max(peak - base, 0)}))
 
 
 def memory(d_model: int, seq_len: int, mode: str) -> int:
@@ -154,8 +159,7 @@ def main() -> None:
             got = memory(args.mem_d_model, t, mode)
             b = got["bytes"]
             mem_rows.append(
-                {"mode": mode, "T": t, "d_model": args.mem_d_model, "bytes": b, "bytes_per_token": b / t,
-                 "hidden_below": got["hidden_below"]}
+                {"mode": mode, "T": t, "d_model": args.mem_d_model, "bytes": b, "bytes_per_token": b / t}
             )
     if mem_rows:
         print(f"\nforward peak-RSS growth, Mamba d_model {args.mem_d_model}, batch 1, chunked backend")

@@ -8,11 +8,12 @@ Per channel e of ``u: (B, T, E)`` and state index n (``N`` per channel)::
 
 Two paths: :func:`selective_scan_reference` (a plain loop over t, discretising at every step:
 the specification) and :func:`selective_scan_chunked`, which cuts time into blocks of
-``block`` steps, discretises a whole block at once, runs the two-level chunked scan of
-:mod:`.chunked` over it from the state the previous block left, and contracts with ``C``
-as it goes, so extra memory is ``O(B block E N)`` on top of the
-``O(B T E)`` inputs and outputs when no gradient is recorded. Both accumulate in at least fp32
-and return ``y`` in ``u.dtype`` and the final state in the accumulation dtype.
+``block`` steps (sized so that a block's workspace stays in cache), discretises a whole
+block at once, runs the two-level chunked scan of :mod:`.chunked` over it from the state
+the previous block left, and contracts with ``C`` as it goes, so extra memory is
+``O(B block E N)`` on top of the ``O(B T E)`` inputs and outputs when no gradient is
+recorded. Both accumulate in at least fp32 and return ``y`` in ``u.dtype`` and the final
+state in the accumulation dtype.
 """
 
 from __future__ import annotations
@@ -23,9 +24,13 @@ import torch
 from torch import Tensor
 
 
-#: time steps discretised at once by the chunked path
-BLOCK = 1024
-#: chunk length inside a block (a block takes about 2 * CHUNK + BLOCK / CHUNK Python steps)
+#: elements of one (B, block, E, N) workspace tensor of the chunked path: 2 MiB of fp32, so a
+#: block's decays and inputs stay in cache (measured: 256 steps at B E N = 2048 ran ~1.4x
+#: faster than 1024)
+BLOCK_ELEMENTS = 2**19
+#: fewest steps per block, so small states still take few Python steps
+MIN_BLOCK = 64
+#: longest chunk inside a block (a block of L steps takes about 2 C + L / C Python steps)
 CHUNK = 32
 
 
@@ -74,16 +79,19 @@ def selective_scan_chunked(
     d: Tensor | None = None,
     h0: Tensor | None = None,
     *,
-    block: int = BLOCK,
+    block: int | None = None,
     chunk_size: int | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Same contract as :func:`selective_scan_reference`, a block of time steps at a time.
 
-    ``chunk_size`` defaults to ``min(CHUNK, ceil(sqrt(block length)))``, which keeps the
-    Python steps per block near their minimum for short sequences.
+    ``block`` defaults to ``BLOCK_ELEMENTS / (B E N)`` steps (at least ``MIN_BLOCK``);
+    ``chunk_size`` to ``min(CHUNK, ceil(sqrt(block length)))``, which keeps the Python steps
+    per block near their minimum.
     """
     out_dtype = u.dtype
     u, delta, a, b, c, d, h = _prepare(u, delta, a, b, c, d, h0)
+    if block is None:
+        block = max(MIN_BLOCK, BLOCK_ELEMENTS // max(1, h.numel()))
     ys = []
     for s in range(0, u.shape[1], block):
         sl = slice(s, s + block)
