@@ -8,13 +8,15 @@ is trained twice with the same seed and budget: with its memory carried between 
 sequences. A second table measures the activation memory autograd keeps while training
 with bptt=1 over more and more segments (flat), and the carried state size.
 
-    python benchmarks/memory_recall.py                 # ~4 min on 2 CPU cores
+    python benchmarks/memory_recall.py                 # ~18 min on 2 busy CPU cores
+    python benchmarks/memory_recall.py --segments 8 --models rmt --steps 600 --curriculum
     python benchmarks/memory_recall.py --steps 100 --models rmt
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -41,7 +43,11 @@ def model_configs(vocab: int) -> dict[str, dict]:
     }
 
 
-def train_and_score(name: str, config: dict, task: FactRecallConfig, *, carry: bool, steps: int, batch: int, seed: int) -> dict:
+def train_and_score(
+    name: str, config: dict, task: FactRecallConfig, *, carry: bool, steps: int, batch: int, seed: int, curriculum: bool = False
+) -> dict:
+    """Train on the probe and score held-out accuracy; ``curriculum`` grows N from 2 to
+    ``task.n_segments`` over the first two thirds of the steps (as the RMT paper trains)."""
     torch.manual_seed(seed)
     model = models.get(name, **config)
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.0)
@@ -50,7 +56,10 @@ def train_and_score(name: str, config: dict, task: FactRecallConfig, *, carry: b
     for step in range(steps):
         for group in optimizer.param_groups:
             group["lr"] = 2e-3 * min(1.0, (step + 1) / 20)
-        ids, labels = fact_recall(task, batch, gen)
+        n = task.n_segments
+        if curriculum:
+            n = min(n, 2 + (n - 1) * step * 3 // (2 * steps))
+        ids, labels = fact_recall(dataclasses.replace(task, n_segments=n), batch, gen)
         optimizer.zero_grad(set_to_none=True)
         loss = train_segments(model, ids, labels, bptt=None, carry=carry)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -85,6 +94,7 @@ def main() -> None:
     parser.add_argument("--segments", type=int, nargs="+", default=[3, 4])
     parser.add_argument("--models", nargs="+", default=["transformer_xl", "compressive", "rmt", "memformer"])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--curriculum", action="store_true", help="grow N from 2 during training")
     parser.add_argument("--out", default="benchmarks/results/memory_recall.json")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -95,8 +105,10 @@ def main() -> None:
         task = FactRecallConfig(n_segments=n, segment_len=SEGMENT)
         configs = model_configs(task.vocab_size)
         for name in args.models:
-            on = train_and_score(name, configs[name], task, carry=True, steps=args.steps, batch=args.batch, seed=args.seed)
-            off = train_and_score(name, configs[name], task, carry=False, steps=args.steps, batch=args.batch, seed=args.seed)
+            on = train_and_score(name, configs[name], task, carry=True, steps=args.steps, batch=args.batch, seed=args.seed,
+                                  curriculum=args.curriculum)
+            off = train_and_score(name, configs[name], task, carry=False, steps=args.steps, batch=args.batch, seed=args.seed,
+                                   curriculum=args.curriculum)
             row = {"model": name, "segments": n, "on": on, "off": off, "chance": 1 / task.n_facts}
             results["recall"].append(row)
             print(f"{name:16} {n:>3} {on['accuracy']:>10.3f} {off['accuracy']:>11.3f} {1 / task.n_facts:>7.3f} "
