@@ -49,14 +49,16 @@ def _real(t):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.complex64], ids=str)
 @pytest.mark.parametrize("with_h0", [False, True])
-@pytest.mark.parametrize("chunk", [None, 1, 4, 50])
-def test_chunked_matches_reference(dtype, with_h0, chunk):
+@pytest.mark.parametrize(
+    "backend,chunk", [("chunked", None), ("chunked", 1), ("chunked", 4), ("chunked", 50), ("parallel", None)]
+)
+def test_fast_paths_match_reference(dtype, with_h0, backend, chunk):
     a, b, h0 = _inputs((2, 37, 3, 2), dtype)
     h0 = h0 if with_h0 else None
     ref_dtype = dtype if dtype.is_complex else torch.float32
     # the fp32 reference of the same numbers is the truth, also for bf16 inputs
     ref = _run("reference", a.to(ref_dtype), b.to(ref_dtype), None if h0 is None else h0.to(ref_dtype))
-    out = _run("chunked", a, b, h0, chunk_size=chunk)
+    out = _run(backend, a, b, h0, **({} if backend == "parallel" else {"chunk_size": chunk}))
     assert out[0].dtype == dtype and out[1].dtype == dtype
     for x, y in zip([out[0], out[1], *out[2]], [ref[0], ref[1], *ref[2]]):
         assert rel_error(_real(x), _real(y)) < TOL[dtype]
@@ -74,7 +76,7 @@ def test_reference_matches_explicit_sum():
     torch.testing.assert_close(h_last, h[:, -1])
 
 
-@pytest.mark.parametrize("backend", ["reference", "chunked"])
+@pytest.mark.parametrize("backend", ["reference", "chunked", "parallel"])
 def test_two_pieces_with_carried_state_equal_one_scan(backend):
     a, b, h0 = _inputs((2, 29, 5), torch.float32, seed=3)
     h, h_last = linear_scan(a, b, h0, backend=backend)
@@ -94,16 +96,16 @@ def test_broadcast_decay_and_zero_decays_are_safe():
     )
     a0 = torch.rand(2, 40, 3, 4, generator=g) * 1e-30
     a0[:, ::3] = 0.0
-    h, _ = linear_scan(a0, b, backend="chunked", chunk_size=7)
-    assert torch.isfinite(h).all()
-    torch.testing.assert_close(h, linear_scan(a0, b, backend="reference")[0])
-    torch.testing.assert_close(h[:, ::3], b[:, ::3])
+    for h, _ in (linear_scan(a0, b, backend="chunked", chunk_size=7), linear_scan(a0, b, backend="parallel")):
+        assert torch.isfinite(h).all()
+        torch.testing.assert_close(h, linear_scan(a0, b, backend="reference")[0])
+        torch.testing.assert_close(h[:, ::3], b[:, ::3])
 
 
 def test_empty_sequence_returns_initial_state():
     b = torch.zeros(2, 0, 3)
     h0 = torch.randn(2, 3)
-    for backend in ("reference", "chunked"):
+    for backend in ("reference", "chunked", "parallel"):
         h, h_last = linear_scan(b, b, h0, backend=backend)
         assert h.shape == (2, 0, 3)
         torch.testing.assert_close(h_last, h0)

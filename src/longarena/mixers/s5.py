@@ -17,8 +17,9 @@ discretisation is zero-order hold (``Lambdabar = exp(dt Lambda)``,
 ``Bbar = (Lambdabar - 1) / Lambda * Btilde``) or bilinear.
 
 Computation modes: ``forward`` scans ``Bbar u`` with :func:`longarena.ops.scan.linear_scan`
-(backend ``reference``: a loop over t; ``scan``: the chunked parallel form), ``step`` is the
-recurrence. The state is ``x (B, P/2)`` complex64, fp32 whatever the module dtype; the SSM
+(backend ``reference``: a loop over t; ``associative``: the log-depth associative scan of
+the paper; ``scan``: the two-level chunked form, the default, less work on CPU), ``step``
+is the recurrence. The state is ``x (B, P/2)`` complex64, fp32 whatever the module dtype; the SSM
 parameters stay fp32 when the module is cast to bf16. With a padding ``mask``, padded steps
 have decay 1 and input 0, so the state passes through them unchanged.
 """
@@ -92,7 +93,7 @@ class S5(KeepFP32Params, Mixer):
     """S5: one MIMO diagonal SSM per layer (HiPPO-N init, conjugate symmetry), run as a parallel scan."""
 
     config_class = S5Config
-    backends = ("reference", "scan")
+    backends = ("reference", "associative", "scan")
     fp32_params = ("log_neg_re", "lam_im", "b", "c", "d", "log_dt")
 
     def __init__(self, config: S5Config) -> None:
@@ -157,8 +158,8 @@ class S5(KeepFP32Params, Mixer):
             m = mask[..., None]
             inp = inp * m
             decay = torch.where(m, lam_bar, torch.ones_like(lam_bar))  # (B, T, P/2)
-        backend = "reference" if self.resolve_backend(x.device) == "reference" else "chunked"
-        hs, h_last = linear_scan(decay, inp, state, backend=backend)
+        backend = {"reference": "reference", "associative": "parallel", "scan": "chunked"}
+        hs, h_last = linear_scan(decay, inp, state, backend=backend[self.resolve_backend(x.device)])
         y = 2 * torch.einsum("hn,btn->bth", c, hs).real + self.d * u
         return self.out_proj(F.gelu(y).to(x.dtype)), h_last
 
