@@ -147,8 +147,9 @@ def _train_selective_copying(name, steps=600, **config):
 
 @pytest.mark.slow
 def test_mamba_solves_selective_copying_where_lti_s4d_does_worse():
-    """~2.5 min on a contended CPU; recorded: Mamba 99.9 %, S4D 88.5 % token accuracy."""
+    """~2 min on a contended CPU. The S4D layers have more parameters (13.4k vs 9.9k each) and
+    a larger state (4096 vs 1216 numbers); recorded: Mamba 99.9 %, S4D 92.4 % token accuracy."""
     mamba_acc = _train_selective_copying("mamba", d_state=16)
-    s4d_acc = _train_selective_copying("s4d", d_state=32)
+    s4d_acc = _train_selective_copying("s4d", d_state=128)
     assert mamba_acc >= 0.95
     assert s4d_acc <= mamba_acc - 0.05

@@ -230,3 +230,17 @@ def train_first_token(name, steps, **config):
 def test_s4_remembers_the_first_token_of_1024():
     """~2 min on a contended CPU; the loss leaves chance level near step 450, recorded 100 %."""
     assert train_first_token("s4", 700, d_state=16, dt_min=1e-3, dt_max=1e-2) >= 0.95
+
+
+def test_dplr_step_cache_follows_parameter_updates():
+    """Decoding caches the discretised matrices under no_grad; an in-place update must show."""
+    torch.manual_seed(0)
+    m = mixers.get("s4", 4, d_state=8)
+    x = torch.randn(1, 4)
+    with torch.no_grad():
+        y1, _ = m.step(x, m.init_state(1))
+        m.log_dt.add_(1.0)
+        y2, _ = m.step(x, m.init_state(1))
+        y_full, _ = m(x[:, None])
+    torch.testing.assert_close(y2, y_full[:, 0], rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(y1, y2)

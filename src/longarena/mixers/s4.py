@@ -393,6 +393,23 @@ class S4(KeepFP32Params, Mixer):
         two_sided = torch.cat((k[1, :, : t - 1].flip(-1), k[0]), dim=-1)  # (H, 2T-1)
         return long_conv(u, two_sided, causal=False)
 
+    def _decoding_system(self) -> tuple[Tensor, Tensor, Tensor]:
+        """:meth:`discrete_dense`, kept between ``step`` calls while no gradient is recorded.
+
+        Discretising the dense system solves H (N, N) systems, O(H N^3), against O(H N^2)
+        for the step itself; the cache is keyed on the parameters' identities and in-place
+        versions, so an optimizer update or a move invalidates it.
+        """
+        if torch.is_grad_enabled():
+            return self.discrete_dense()
+        params = (self.log_neg_re, self.lam_im, self.p, self.b, self.c, self.log_dt)
+        key = tuple((p.data_ptr(), p._version, p.device, p.dtype) for p in params)
+        cached = getattr(self, "_decoding_cache", None)
+        if cached is None or cached[0] != key:
+            cached = (key, self.discrete_dense())
+            self._decoding_cache = cached
+        return cached[1]
+
     def _step(self, x_t: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
         u = x_t.float()  # (B, H)
         if self.diagonal:
@@ -400,7 +417,7 @@ class S4(KeepFP32Params, Mixer):
             state = torch.exp(log_abar) * state + bbar * u[..., None]
             y = 2 * torch.einsum("hn,bhn->bh", c[0], state).real
         else:
-            abar, bbar, c = self.discrete_dense()
+            abar, bbar, c = self._decoding_system()
             h_full = torch.cat((state, state.conj()), dim=-1)
             h_full = torch.einsum("hij,bhj->bhi", abar, h_full) + bbar * u[..., None]
             y = torch.einsum("hn,bhn->bh", c[0], h_full).real
