@@ -9,6 +9,7 @@ import torch
 
 from longarena import mixers
 from longarena.config import ConfigError
+from longarena.mixers.base import MixerInputError
 from longarena.mixers.mega import MegaConfig
 from longarena.ops.linear_attn.diagonal_ssm import diagonal_ssm
 from longarena.testing import check_mixer
@@ -120,3 +121,13 @@ def test_config_round_trip_and_bad_configs():
         mixers.get("mega", 16, ndim=0)
     with pytest.raises(ConfigError, match="v_dim"):
         mixers.get("mega", 16, v_dim=-1)
+
+
+def test_a_state_from_another_config_is_refused():
+    full = mixers.get("mega", 8, **SMALL)
+    chunked = mixers.get("mega", 8, chunk_size=4, **SMALL)
+    _, state = full(torch.randn(1, 6, 8))
+    with pytest.raises(MixerInputError, match="another config"):
+        chunked(torch.randn(1, 2, 8), state=state)
+    with pytest.raises(MixerInputError, match="another config"):
+        mixers.get("mega", 8, ndim=2, z_dim=8, v_dim=24).step(torch.randn(1, 8), state)

@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from longarena.config import ConfigError
 from longarena.mixers import register
-from longarena.mixers.base import Mixer, MixerConfig
+from longarena.mixers.base import Mixer, MixerConfig, MixerInputError
 from longarena.ops.attention import attention
 from longarena.ops.linear_attn.diagonal_ssm import diagonal_ssm, diagonal_ssm_step
 
@@ -124,6 +124,19 @@ class Mega(Mixer):
         """EMA state plus cached keys/values: all ``seq_len`` of them, or at most C - 1 with Mega-chunk."""
         cached = seq_len if self.chunk_size is None else min(seq_len, self.chunk_size - 1)
         return self.d_model * self.ndim + cached * (self.z_dim + self.v_dim)
+
+    def check_state(self, state: MegaState, batch_size: int) -> None:
+        super().check_state(state, batch_size)
+        if not isinstance(state, MegaState):
+            raise MixerInputError(f"Mega expects a MegaState (from init_state or a forward), got {type(state).__name__}")
+        expected = state.position if self.chunk_size is None else state.position % self.chunk_size
+        if state.k.shape[1] != expected or state.ema.shape[1:] != (self.d_model, self.ndim):
+            kind = "full attention" if self.chunk_size is None else f"Mega-chunk with chunk_size={self.chunk_size}"
+            raise MixerInputError(
+                f"this Mega ({kind}, D={self.d_model}, ndim={self.ndim}) expects a state holding {expected} "
+                f"cached keys after {state.position} tokens and an EMA state (B, {self.d_model}, {self.ndim}); got "
+                f"{state.k.shape[1]} keys and {tuple(state.ema.shape)}: was it made by a Mega of another config?"
+            )
 
     def _gates(self, x: Tensor, ema: Tensor) -> tuple[Tensor, ...]:
         """x, ema: (B, T, D) -> update gate u, queries, keys, values, reset gate r, hx."""
