@@ -212,7 +212,6 @@ class S4(KeepFP32Params, Mixer):
         self.d = nn.Parameter(torch.randn(h))
         self.out_proj = nn.Linear(h, h)
 
-    # --- parameters -> discrete system ---------------------------------------------------
     def eigenvalues(self) -> Tensor:
         """Lambda (H, N/2), complex64."""
         return torch.complex(-torch.exp(self.log_neg_re.float()), self.lam_im.float())
@@ -258,7 +257,6 @@ class S4(KeepFP32Params, Mixer):
         c = _complex(self.c)
         return abar, bbar, torch.cat((c, c.conj()), dim=-1)
 
-    # --- kernels ---------------------------------------------------------------------------
     def kernel(self, length: int) -> Tensor:
         """``K: (dirs, H, length)``, real fp32, through Vandermonde (diag) or Cauchy (dplr)."""
         if self.diagonal:
@@ -288,7 +286,6 @@ class S4(KeepFP32Params, Mixer):
         khat = 2 / (1 + z) * (k00 - k01 * k10 / (1 + k11))  # (dirs, H, F)
         return torch.fft.irfft(khat, n=n_fft)[..., :length]
 
-    # --- state ------------------------------------------------------------------------------
     def init_state(self, batch_size: int, device=None, dtype=None) -> Tensor:
         """``(B, H, N/2)`` complex64: the N/2 modes (their conjugates are implied). Kept in fp32."""
         if not self.causal:
@@ -307,7 +304,6 @@ class S4(KeepFP32Params, Mixer):
                 f"{batch_size}), got {got}; start from init_state({batch_size}) of this mixer"
             )
 
-    # --- the protocol -------------------------------------------------------------------------
     def _block(self, x: Tensor, ssm_out: Tensor) -> Tensor:
         y = F.gelu(ssm_out + self.d.float() * x.float())
         return self.out_proj(y.to(x.dtype))
