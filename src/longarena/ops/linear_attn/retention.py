@@ -27,6 +27,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from longarena.ops.scan import linear_scan
+
 __all__ = [
     "BACKENDS",
     "default_gammas",
@@ -140,13 +142,11 @@ def retention_chunkwise(
     # contribution of each chunk to the state at its end: sum_j gamma^(C-1-j) k_j^T v_j
     to_end = torch.exp(total[..., None] - cum)  # (H, N, C)
     chunk_kv = torch.einsum("bhnjk,bhnjv->bhnkv", kc * to_end[None, ..., None], vc)  # (B, H, N, K, V)
-    chunk_decay = torch.exp(total)  # (H, N)
-    s = _zero_state(q, v) if state is None else state.float()
-    starts = []
-    for i in range(n):
-        starts.append(s)
-        s = chunk_decay[None, :, i, None, None] * s + chunk_kv[:, :, i]
-    s_start = torch.stack(starts, dim=2)  # (B, H, N, K, V): state entering each chunk
+    # across chunks the state is a diagonal linear recurrence: S_n = decay_n S_{n-1} + kv_n
+    chunk_decay = torch.exp(total).T[None, :, :, None, None]  # (1, N, H, 1, 1)
+    s0 = _zero_state(q, v) if state is None else state.float()
+    s_ends, s = linear_scan(chunk_decay, chunk_kv.transpose(1, 2), s0)  # (B, N, H, K, V), (B, H, K, V)
+    s_start = torch.cat((s0[:, None], s_ends[:, :-1]), dim=1).transpose(1, 2)  # (B, H, N, K, V): entering each chunk
     from_start = torch.exp(cum)  # (H, N, C)
     o = o + torch.einsum("bhnik,bhnkv->bhniv", qc * from_start[None, ..., None], s_start)
     o = o.reshape(b, h, n * c, dv)[:, :, :t]
