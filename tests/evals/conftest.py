@@ -29,9 +29,18 @@ def tiny_llama():
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
     config = transformers.LlamaConfig(
-        vocab_size=257, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=256, rope_theta=10000.0, tie_word_embeddings=True,
-        eos_token_id=256, pad_token_id=256, bos_token_id=None,
+        vocab_size=257,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        rope_theta=10000.0,
+        tie_word_embeddings=True,
+        eos_token_id=256,
+        pad_token_id=256,
+        bos_token_id=None,
     )
     model = transformers.LlamaForCausalLM(config).eval()
     return model, ByteHFTokenizer()
@@ -40,7 +49,9 @@ def tiny_llama():
 @pytest.fixture(scope="session")
 def tiny_longarena():
     torch.manual_seed(0)
-    return models.get("lm", vocab_size=256, d_model=32, n_layers=2, mixer={"attention": {"n_heads": 4, "n_kv_heads": 2}}).eval()
+    return models.get(
+        "lm", vocab_size=256, d_model=32, n_layers=2, mixer={"attention": {"n_heads": 4, "n_kv_heads": 2}}
+    ).eval()
 
 
 @pytest.fixture(scope="session")

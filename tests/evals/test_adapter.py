@@ -44,7 +44,7 @@ def test_score_is_sum_of_continuation_logprobs_and_greedy_flag(tiny):
         nll = _manual_nll(logits_fn, ids)
         logits = logits_fn(torch.tensor([ids]))[0]
     assert s.n_tokens == len(cont)
-    assert s.logprob == pytest.approx(-float(nll[-len(cont):].sum()), abs=1e-4)
+    assert s.logprob == pytest.approx(-float(nll[-len(cont) :].sum()), abs=1e-4)
     greedy = logits[len(ctx) - 1 : -1].argmax(-1).tolist()
     assert s.is_greedy == (greedy == cont)
     # the greedy continuation itself must be flagged greedy
@@ -62,7 +62,7 @@ def test_generate_matches_a_recomputing_greedy_loop(tiny):
             if nxt == adapter.eos_id:
                 break
             seq.append(nxt)
-    assert adapter.generate_ids(ids, 6) == seq[len(ids):]
+    assert adapter.generate_ids(ids, 6) == seq[len(ids) :]
 
 
 def _check_attention(maps, n_layers, n_heads, t):

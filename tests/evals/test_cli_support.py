@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -19,13 +20,15 @@ def ckpt(tiny_longarena, tmp_path_factory):
 
 
 def _files(out):
-    for f in out["files"]:
-        assert json.loads(open(f).read()) if f.endswith(".json") else open(f, "rb").read(4) == b"\x89PNG"
+    for f in map(Path, out["files"]):
+        assert json.loads(f.read_text()) if f.suffix == ".json" else f.read_bytes()[:4] == b"\x89PNG"
     return out
 
 
 def test_registry_names():
-    assert evals.names() == sorted(["niah", "passkey", "lost-in-middle", "ppl", "lambada", "longbench", "induction"])
+    assert evals.names() == sorted(
+        ["niah", "passkey", "lost-in-middle", "ppl", "lambada", "longbench", "induction"]
+    )
     assert evals.get("ppl") is cs.run_ppl
     with pytest.raises(UnknownNameError, match="known evals"):
         evals.get("mmlu")
@@ -45,7 +48,7 @@ def test_load_model_specs(ckpt, tmp_path):
 
 def test_all_evals_on_a_longarena_checkpoint(ckpt, tmp_path):
     progress_calls = []
-    progress = lambda d, t, m: progress_calls.append((d, t))  # noqa: E731
+    progress = lambda d, t, m: progress_calls.append((d, t))
     out = _files(cs.run_passkey(ckpt, tmp_path / "pk", lengths=(400,), depths=(0.0, 1.0), progress=progress))
     assert out["eval"] == "passkey" and progress_calls[-1] == (2, 2)
     assert json.loads((tmp_path / "pk" / "run.json").read_text())["args"]["lengths"] == [400]
@@ -54,7 +57,9 @@ def test_all_evals_on_a_longarena_checkpoint(ckpt, tmp_path):
 
     text = tmp_path / "book.txt"
     text.write_text("Of Mans First Disobedience, and the Fruit Of that Forbidden Tree. " * 20)
-    out = _files(cs.run_ppl(ckpt, tmp_path / "ppl", lengths=(64, 128), text=str(text), methods=("none", "linear:2")))
+    out = _files(
+        cs.run_ppl(ckpt, tmp_path / "ppl", lengths=(64, 128), text=str(text), methods=("none", "linear:2"))
+    )
     assert [r["method"] for r in out["summary"]["table"]] == ["none", "none", "linear:2", "linear:2"]
 
     lam = tmp_path / "lambada.jsonl"
@@ -64,11 +69,15 @@ def test_all_evals_on_a_longarena_checkpoint(ckpt, tmp_path):
 
     lb = tmp_path / "lb"
     lb.mkdir()
-    (lb / "passage_count.jsonl").write_text(json.dumps({"input": "", "context": "p1 p2", "answers": ["2"]}) + "\n")
+    (lb / "passage_count.jsonl").write_text(
+        json.dumps({"input": "", "context": "p1 p2", "answers": ["2"]}) + "\n"
+    )
     out = _files(cs.run_longbench(ckpt, tmp_path / "lbrun", folder=lb))
     assert out["summary"]["table"][0]["task"] == "passage_count"
 
-    out = _files(cs.run_induction(ckpt, tmp_path / "ind", seq_len=8, batch=1, icl_text=str(text), icl_documents=1))
+    out = _files(
+        cs.run_induction(ckpt, tmp_path / "ind", seq_len=8, batch=1, icl_text=str(text), icl_documents=1)
+    )
     assert "icl_score" in out["summary"] and len(out["files"]) == 2
 
 

@@ -62,7 +62,9 @@ def test_perfect_copier_scores(tmp_path):
     x = ind.repeated_sequences(config, 256, [255])
     assert x.shape == (2, 25) and torch.equal(x[:, 1:13], x[:, 13:])
     for row in x[:, 1:13]:
-        assert len(set(row.tolist())) == 12, "the test needs repeats without duplicates inside r; change the seed"
+        assert len(set(row.tolist())) == 12, (
+            "the test needs repeats without duplicates inside r; change the seed"
+        )
     res = ind.evaluate(Copier(), config)
     # first copy: no earlier occurrence -> uniform logits -> loss log 256 exactly
     assert res.loss_first == pytest.approx(math.log(256), rel=1e-6)

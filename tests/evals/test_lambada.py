@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from typing import ClassVar
 
 import pytest
 import torch
@@ -53,7 +54,12 @@ class Bigram(Adapter):
     name = "bigram"
     vocab_size = 256
     device = torch.device("cpu")
-    table = {ord("o"): ord(" "), ord(" "): ord("g"), ord("g"): ord("h"), ord("h"): ord("i")}
+    table: ClassVar[dict[int, int]] = {
+        ord("o"): ord(" "),
+        ord(" "): ord("g"),
+        ord("g"): ord("h"),
+        ord("h"): ord("i"),
+    }
 
     def encode(self, text, *, special=True):
         return list(text.encode())

@@ -47,12 +47,29 @@ class Scripted(Adapter):
 EXAMPLES = {
     "hotpotqa": [
         {"input": "Who wrote it? <<q1>>", "context": "doc", "answers": ["John Milton"], "_id": "h1"},
-        {"input": "Where? <<q2>>", "context": "doc", "answers": ["London", "the City of London"], "_id": "h2"},
+        {
+            "input": "Where? <<q2>>",
+            "context": "doc",
+            "answers": ["London", "the City of London"],
+            "_id": "h2",
+        },
     ],
-    "gov_report": [{"input": "", "context": "report <<g1>>", "answers": ["the budget was cut by congress"], "_id": "g1"}],
-    "trec": [{"input": "Q: what city? <<t1>>", "context": "examples", "answers": ["City"], "all_classes": ["City", "Country", "Other location"], "_id": "t1"}],
+    "gov_report": [
+        {"input": "", "context": "report <<g1>>", "answers": ["the budget was cut by congress"], "_id": "g1"}
+    ],
+    "trec": [
+        {
+            "input": "Q: what city? <<t1>>",
+            "context": "examples",
+            "answers": ["City"],
+            "all_classes": ["City", "Country", "Other location"],
+            "_id": "t1",
+        }
+    ],
     "passage_count": [{"input": "", "context": "P <<c1>>", "answers": ["7"], "_id": "c1"}],
-    "passage_retrieval_en": [{"input": "summary <<r1>>", "context": "P", "answers": ["Paragraph 12"], "_id": "r1"}],
+    "passage_retrieval_en": [
+        {"input": "summary <<r1>>", "context": "P", "answers": ["Paragraph 12"], "_id": "r1"}
+    ],
     "lcc": [{"input": "", "context": "def f():\n <<l1>>", "answers": ["return x + 1"], "_id": "l1"}],
 }
 PREDICTIONS = {

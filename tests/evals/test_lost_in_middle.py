@@ -40,7 +40,9 @@ class Biased(Adapter):
         if pairs:  # key-value retrieval: the key asked for is the last UUID of the prompt
             key = re.findall(r"[0-9a-f-]{36}", text)[-1]
             i = [k for k, _ in pairs].index(key)
-            return self.encode(f'"{pairs[i][1]}"' if i in (0, len(pairs) - 1) else '"00000000-0000-4000-8000-000000000000"')
+            return self.encode(
+                f'"{pairs[i][1]}"' if i in (0, len(pairs) - 1) else '"00000000-0000-4000-8000-000000000000"'
+            )
         first = re.search(r"Document \[1\]\(Title: [^)]*\) (\S+)", text).group(1)
         return self.encode(f" {first}\nignored second line")
 
@@ -100,7 +102,11 @@ def test_arrange_moves_gold_and_keeps_distractor_order(tmp_path):
     assert [d["title"] for d in lim.arrange(ex, 0)] == ["PL", "Lear", "Comus", "Hamlet"]
     assert [d["title"] for d in lim.arrange(ex, 3)] == ["Lear", "Comus", "Hamlet", "PL"]
     assert [d["title"] for d in lim.arrange(ex, 1, n_docs=3)] == ["Lear", "PL", "Comus"]
-    assert [d["title"] for d in lim.arrange(ex2, 0)] == ["France", "Rome", "Berlin"]  # hasanswer when no isgold
+    assert [d["title"] for d in lim.arrange(ex2, 0)] == [
+        "France",
+        "Rome",
+        "Berlin",
+    ]  # hasanswer when no isgold
     with pytest.raises(EvalError, match="does not fit"):
         lim.arrange(ex, 4)
 

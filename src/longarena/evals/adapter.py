@@ -95,7 +95,9 @@ class Adapter(abc.ABC):
         if t.dim() != 1 or t.numel() == 0:
             raise EvalError(f"expected a non-empty 1-D sequence of token ids, got shape {tuple(t.shape)}")
         if int(t.min()) < 0 or int(t.max()) >= self.vocab_size:
-            raise EvalError(f"token ids must lie in 0..{self.vocab_size - 1}, got [{int(t.min())}, {int(t.max())}]")
+            raise EvalError(
+                f"token ids must lie in 0..{self.vocab_size - 1}, got [{int(t.min())}, {int(t.max())}]"
+            )
         return t[None].to(self.device)
 
     @torch.no_grad()
@@ -165,12 +167,16 @@ class Adapter(abc.ABC):
 class HFAdapter(Adapter):
     """A transformers causal LM (``AutoModelForCausalLM``) with its tokenizer."""
 
-    def __init__(self, model: nn.Module, tokenizer: Any, *, name: str | None = None, max_length: int | None = None) -> None:
+    def __init__(
+        self, model: nn.Module, tokenizer: Any, *, name: str | None = None, max_length: int | None = None
+    ) -> None:
         self.model = model.eval()
         self.tokenizer = tokenizer
         config = model.config
         self.name = name or getattr(config, "_name_or_path", None) or type(model).__name__
-        self.max_length = max_length if max_length is not None else getattr(config, "max_position_embeddings", None)
+        self.max_length = (
+            max_length if max_length is not None else getattr(config, "max_position_embeddings", None)
+        )
         eos = getattr(tokenizer, "eos_token_id", None)
         self.eos_id = eos if eos is not None else getattr(config, "eos_token_id", None)
         # logit soft-capping / scaling live in the model's forward, not in the output layer
@@ -236,7 +242,6 @@ class HFAdapter(Adapter):
             raise EvalError(f"{type(self.model).__name__} returned no attention weights")
         return torch.stack([a[0].float() for a in out.attentions]).cpu()  # (L, H, T, T)
 
-
     def _set_attention(self, implementation: str) -> None:
         if hasattr(self.model, "set_attn_implementation"):
             self.model.set_attn_implementation(implementation)
@@ -252,7 +257,9 @@ def load_hf(path: str | os.PathLike, *, dtype: torch.dtype = torch.float32, devi
         raise EvalError("Hugging Face models need transformers: pip install 'transformers>=4.45'") from exc
     folder = Path(path)
     if not (folder / "config.json").is_file():
-        raise EvalError(f"{path} is not a Hugging Face model folder (no config.json); give a local checkpoint folder")
+        raise EvalError(
+            f"{path} is not a Hugging Face model folder (no config.json); give a local checkpoint folder"
+        )
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, local_files_only=True).to(device)
     tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
     return HFAdapter(model, tokenizer, name=folder.name)
@@ -288,10 +295,19 @@ class LongArenaAdapter(Adapter):
     Face tokenizer works too.
     """
 
-    def __init__(self, model: nn.Module, tokenizer: Any = None, *, name: str = "longarena-lm", max_length: int | None = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer: Any = None,
+        *,
+        name: str = "longarena-lm",
+        max_length: int | None = None,
+    ) -> None:
         for attr in ("embed", "backbone", "head", "generate"):
             if not hasattr(model, attr):
-                raise EvalError(f"{type(model).__name__} is not a LongArena LanguageModel (it has no {attr!r})")
+                raise EvalError(
+                    f"{type(model).__name__} is not a LongArena LanguageModel (it has no {attr!r})"
+                )
         self.model = model.eval()
         self.tokenizer = tokenizer if tokenizer is not None else ByteTokenizer()
         if self.tokenizer_vocab() > model.config.vocab_size:
@@ -346,9 +362,16 @@ class LongArenaAdapter(Adapter):
 
         layers = [m for m in self.model.modules() if isinstance(m, Attention)]
         if not layers:
-            raise EvalError("the model has no 'attention' mixer layers; attention maps need softmax attention")
+            raise EvalError(
+                "the model has no 'attention' mixer layers; attention maps need softmax attention"
+            )
         captured: list[Tensor] = []
-        hooks = [m.register_forward_pre_hook(lambda _m, args, kw: captured.append(args[0] if args else kw["x"]), with_kwargs=True) for m in layers]
+        hooks = [
+            m.register_forward_pre_hook(
+                lambda _m, args, kw: captured.append(args[0] if args else kw["x"]), with_kwargs=True
+            )
+            for m in layers
+        ]
         try:
             self._hidden(self._tensor(ids))
         finally:
@@ -371,11 +394,15 @@ def _attention_weights(mixer: nn.Module, x: Tensor) -> Tensor:
     if bias is not None:
         scores = scores + bias.float()
     if mixer.causal:
-        scores = scores.masked_fill(torch.ones(t, t, dtype=torch.bool, device=x.device).triu(1), float("-inf"))
+        scores = scores.masked_fill(
+            torch.ones(t, t, dtype=torch.bool, device=x.device).triu(1), float("-inf")
+        )
     return torch.softmax(scores, dim=-1)[0]
 
 
-def load_longarena(path: str | os.PathLike, *, tokenizer: Any = None, max_length: int | None = None) -> LongArenaAdapter:
+def load_longarena(
+    path: str | os.PathLike, *, tokenizer: Any = None, max_length: int | None = None
+) -> LongArenaAdapter:
     """An adapter for a LongArena checkpoint folder (``config.json`` + ``model.safetensors``)."""
     from longarena.models import checkpoint
 
@@ -396,4 +423,6 @@ def as_adapter(model: Any, tokenizer: Any = None, **kw: Any) -> Adapter:
         if tokenizer is None:
             raise EvalError("a Hugging Face model needs its tokenizer")
         return HFAdapter(model, tokenizer, **kw)
-    raise EvalError(f"cannot evaluate a {type(model).__name__}: expected a transformers causal LM or a LongArena LanguageModel")
+    raise EvalError(
+        f"cannot evaluate a {type(model).__name__}: expected a transformers causal LM or a LongArena LanguageModel"
+    )

@@ -23,7 +23,9 @@ from longarena.evals.common import Progress, write_json
 DEFAULT_MODEL = "smollm2"
 
 
-def load_model(spec: str | Adapter = DEFAULT_MODEL, *, extend: str | None = None, max_length: int | None = None) -> Adapter:
+def load_model(
+    spec: str | Adapter = DEFAULT_MODEL, *, extend: str | None = None, max_length: int | None = None
+) -> Adapter:
     """An adapter for ``spec``: ``"smollm2"`` (the offline SmolLM2-135M-Instruct), a transformers
     checkpoint folder, or a LongArena checkpoint folder (``longarena.models.checkpoint``).
 
@@ -64,7 +66,7 @@ def load_model(spec: str | Adapter = DEFAULT_MODEL, *, extend: str | None = None
 
 def new_run_dir(name: str, base: str | os.PathLike = "runs") -> Path:
     """``<base>/eval-<name>-<UTC timestamp>``, created."""
-    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    stamp = _dt.datetime.now(_dt.UTC).strftime("%Y%m%d-%H%M%S")
     path = Path(base) / f"eval-{name}-{stamp}"
     path.mkdir(parents=True, exist_ok=False)
     return path
@@ -73,20 +75,40 @@ def new_run_dir(name: str, base: str | os.PathLike = "runs") -> Path:
 @contextlib.contextmanager
 def rich_progress(description: str = "eval") -> Iterator[Callable[[int, int, str], None]]:
     """A ``progress(done, total, message)`` callback drawing a rich progress bar."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress as Bar, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+    from rich.progress import Progress as Bar
 
     with Bar(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()) as bar:
         task = bar.add_task(description, total=None)
 
         def update(done: int, total: int, message: str) -> None:
-            bar.update(task, completed=done, total=total, description=f"{description}: {message}" if message else description)
+            bar.update(
+                task,
+                completed=done,
+                total=total,
+                description=f"{description}: {message}" if message else description,
+            )
 
         yield update
 
 
-def _finish(name: str, adapter: Adapter, run_dir: Path, files: dict[str, Path], summary: dict[str, Any], args: dict[str, Any]) -> dict[str, Any]:
-    write_json({"eval": name, "model": adapter.describe(), "args": args, "summary": summary}, run_dir / "run.json")
-    return {"eval": name, "model": adapter.name, "summary": summary, "files": [str(p) for p in files.values()]}
+def _finish(
+    name: str,
+    adapter: Adapter,
+    run_dir: Path,
+    files: dict[str, Path],
+    summary: dict[str, Any],
+    args: dict[str, Any],
+) -> dict[str, Any]:
+    write_json(
+        {"eval": name, "model": adapter.describe(), "args": args, "summary": summary}, run_dir / "run.json"
+    )
+    return {
+        "eval": name,
+        "model": adapter.name,
+        "summary": summary,
+        "files": [str(p) for p in files.values()],
+    }
 
 
 def _prepare(model: str | Adapter, run_dir: str | os.PathLike) -> tuple[Adapter, Path]:
@@ -110,12 +132,28 @@ def run_niah(
     """Needle-in-a-haystack grid (kind: needle, passkey, multikey, multivalue): niah JSON + heatmap."""
     from longarena.evals import niah
 
-    args = {"lengths": list(lengths), "depths": list(depths), "kind": kind, "samples": samples, "seed": seed, "on_too_long": on_too_long}
+    args = {
+        "lengths": list(lengths),
+        "depths": list(depths),
+        "kind": kind,
+        "samples": samples,
+        "seed": seed,
+        "on_too_long": on_too_long,
+    }
     adapter, run_dir = _prepare(model, run_dir)
-    config = niah.GridConfig(kind=kind, lengths=tuple(lengths), depths=tuple(depths), samples=samples, seed=seed, on_too_long=on_too_long)
+    config = niah.GridConfig(
+        kind=kind,
+        lengths=tuple(lengths),
+        depths=tuple(depths),
+        samples=samples,
+        seed=seed,
+        on_too_long=on_too_long,
+    )
     result = niah.run_grid(adapter, config, progress)
     files = result.save(run_dir, kind)
-    return _finish(kind, adapter, run_dir, files, {"mean": result.mean(), "by_length": result.by_length()}, args)
+    return _finish(
+        kind, adapter, run_dir, files, {"mean": result.mean(), "by_length": result.by_length()}, args
+    )
 
 
 def run_passkey(model: str | Adapter, run_dir: str | os.PathLike, **kw: Any) -> dict[str, Any]:
@@ -139,12 +177,23 @@ def run_lost_in_middle(
     """Key-value retrieval by gold position (default), or multi-document QA when ``qa_path`` is given."""
     from longarena.evals import lost_in_middle as lim
 
-    args = {"num_pairs": list(num_pairs), "positions": positions, "samples": samples, "qa_path": qa_path, "n_docs": n_docs, "limit": limit}
+    args = {
+        "num_pairs": list(num_pairs),
+        "positions": positions,
+        "samples": samples,
+        "qa_path": qa_path,
+        "n_docs": n_docs,
+        "limit": limit,
+    }
     adapter, run_dir = _prepare(model, run_dir)
     if qa_path is not None:
-        result = lim.run_qa(adapter, qa_path, positions, n_docs, limit, on_too_long=on_too_long, progress=progress)
+        result = lim.run_qa(
+            adapter, qa_path, positions, n_docs, limit, on_too_long=on_too_long, progress=progress
+        )
     else:
-        result = lim.run_kv(adapter, num_pairs, positions, samples, on_too_long=on_too_long, progress=progress)
+        result = lim.run_kv(
+            adapter, num_pairs, positions, samples, on_too_long=on_too_long, progress=progress
+        )
     files = result.save(run_dir)
     return _finish(result.kind, adapter, run_dir, files, {"accuracy": result.curves()}, args)
 
@@ -167,10 +216,22 @@ def run_ppl(
     need ``model`` as a spec string, since each method patches a freshly loaded model."""
     from longarena.evals import perplexity as ppl
 
-    args = {"lengths": list(lengths), "windows": windows, "protocol": protocol, "stride": stride, "text": text, "document": document, "methods": list(methods)}
-    config = ppl.PerplexityConfig(lengths=tuple(lengths), windows=windows, protocol=protocol, stride=stride, on_too_long=on_too_long)
+    args = {
+        "lengths": list(lengths),
+        "windows": windows,
+        "protocol": protocol,
+        "stride": stride,
+        "text": text,
+        "document": document,
+        "methods": list(methods),
+    }
+    config = ppl.PerplexityConfig(
+        lengths=tuple(lengths), windows=windows, protocol=protocol, stride=stride, on_too_long=on_too_long
+    )
     if list(methods) != ["none"] and isinstance(model, Adapter):
-        raise EvalError("comparing extension methods reloads the model for each; pass the model spec, not an adapter")
+        raise EvalError(
+            "comparing extension methods reloads the model for each; pass the model spec, not an adapter"
+        )
     adapter, run_dir = _prepare(model, run_dir)
     body = ppl.load_text(text, document) if document else ppl.load_text(text)
     ids = adapter.encode(body)
@@ -182,14 +243,28 @@ def run_ppl(
     return _finish("ppl", adapter, run_dir, files, {"table": result.table(), "text_tokens": len(ids)}, args)
 
 
-def run_lambada(model: str | Adapter, run_dir: str | os.PathLike, *, path: str | os.PathLike, limit: int | None = None, progress: Progress = None) -> dict[str, Any]:
+def run_lambada(
+    model: str | Adapter,
+    run_dir: str | os.PathLike,
+    *,
+    path: str | os.PathLike,
+    limit: int | None = None,
+    progress: Progress = None,
+) -> dict[str, Any]:
     """LAMBADA accuracy and per-word perplexity from a local lambada_test.jsonl."""
     from longarena.evals import lambada
 
     adapter, run_dir = _prepare(model, run_dir)
     result = lambada.evaluate(adapter, path, limit, progress)
     files = result.save(run_dir)
-    return _finish("lambada", adapter, run_dir, files, {"accuracy": result.accuracy, "perplexity": result.perplexity, "n": len(result.rows)}, {"path": str(path), "limit": limit})
+    return _finish(
+        "lambada",
+        adapter,
+        run_dir,
+        files,
+        {"accuracy": result.accuracy, "perplexity": result.perplexity, "n": len(result.rows)},
+        {"path": str(path), "limit": limit},
+    )
 
 
 def run_longbench(
@@ -208,7 +283,12 @@ def run_longbench(
     adapter, run_dir = _prepare(model, run_dir)
     result = longbench.evaluate(adapter, folder, tasks, limit, max_input_tokens, progress)
     files = result.save(run_dir)
-    args = {"folder": str(folder), "tasks": list(tasks) if tasks else None, "limit": limit, "max_input_tokens": max_input_tokens}
+    args = {
+        "folder": str(folder),
+        "tasks": list(tasks) if tasks else None,
+        "limit": limit,
+        "max_input_tokens": max_input_tokens,
+    }
     return _finish("longbench", adapter, run_dir, files, {"table": result.table()}, args)
 
 
@@ -231,8 +311,15 @@ def run_induction(
     low = 0
     if adapter.vocab_size > 1000:  # skip the special and byte-level tokens at the start of BPE vocabularies
         low = 256
-    result = induction.evaluate(adapter, induction.InductionConfig(seq_len=seq_len, batch=batch, seed=seed, low=low), progress)
-    summary: dict[str, Any] = {"loss_first": result.loss_first, "loss_repeat": result.loss_repeat, "copy_accuracy": result.copy_accuracy, "top_heads": result.top_heads()}
+    result = induction.evaluate(
+        adapter, induction.InductionConfig(seq_len=seq_len, batch=batch, seed=seed, low=low), progress
+    )
+    summary: dict[str, Any] = {
+        "loss_first": result.loss_first,
+        "loss_repeat": result.loss_repeat,
+        "copy_accuracy": result.copy_accuracy,
+        "top_heads": result.top_heads(),
+    }
     if icl_documents:
         from longarena.evals import perplexity as ppl
 
@@ -240,8 +327,17 @@ def run_induction(
         docs = [ids[i * 501 : (i + 1) * 501] for i in range(min(icl_documents, len(ids) // 501))]
         summary["icl_score"] = induction.icl_score(adapter, docs)
     files = result.save(run_dir)
-    write_json({**result.to_dict(), **({"icl_score": summary["icl_score"]} if "icl_score" in summary else {})}, files["json"])
-    args = {"seq_len": seq_len, "batch": batch, "seed": seed, "icl_text": icl_text, "icl_documents": icl_documents}
+    write_json(
+        {**result.to_dict(), **({"icl_score": summary["icl_score"]} if "icl_score" in summary else {})},
+        files["json"],
+    )
+    args = {
+        "seq_len": seq_len,
+        "batch": batch,
+        "seed": seed,
+        "icl_text": icl_text,
+        "icl_documents": icl_documents,
+    }
     return _finish("induction", adapter, run_dir, files, summary, args)
 
 

@@ -32,7 +32,9 @@ def beyond_context(adapter: Adapter, n_tokens: int, policy: str, what: str) -> b
         "the result is marked beyond_context"
     )
     if policy == "refuse":
-        raise EvalError(message.replace("the result is marked beyond_context", "refusing (on_too_long='refuse')"))
+        raise EvalError(
+            message.replace("the result is marked beyond_context", "refusing (on_too_long='refuse')")
+        )
     warnings.warn(message, stacklevel=3)
     return True
 

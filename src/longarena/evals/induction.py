@@ -117,7 +117,9 @@ class InductionResult:
         return out
 
 
-def evaluate(adapter: Adapter, config: InductionConfig | None = None, progress: Progress = None, **overrides: Any) -> InductionResult:
+def evaluate(
+    adapter: Adapter, config: InductionConfig | None = None, progress: Progress = None, **overrides: Any
+) -> InductionResult:
     if config is None:
         config = InductionConfig(**overrides)
     elif overrides:
@@ -144,7 +146,13 @@ def evaluate(adapter: Adapter, config: InductionConfig | None = None, progress: 
     tick(progress, config.batch, config.batch, "induction")
     pm = torch.stack(scores).mean(0).tolist() if scores and not note else None
     return InductionResult(
-        config, adapter.describe(), pm, float(torch.stack(first).mean()), float(torch.stack(repeat).mean()), sum(hits) / len(hits), note
+        config,
+        adapter.describe(),
+        pm,
+        float(torch.stack(first).mean()),
+        float(torch.stack(repeat).mean()),
+        sum(hits) / len(hits),
+        note,
     )
 
 
@@ -157,7 +165,9 @@ def _copy_hits(adapter: Adapter, ids: list[int], p: int, n: int) -> float:
     return float((pred == x[0, p + n + 1 :].cpu()).float().mean())
 
 
-def icl_score(adapter: Adapter, documents: Sequence[Sequence[int]], late: int = 500, early: int = 50) -> float:
+def icl_score(
+    adapter: Adapter, documents: Sequence[Sequence[int]], late: int = 500, early: int = 50
+) -> float:
     """Mean over documents of loss(token ``late``) - loss(token ``early``); each document needs > ``late`` tokens."""
     if not 0 < early < late:
         raise EvalError(f"need 0 < early < late, got early={early}, late={late}")

@@ -27,7 +27,9 @@ from longarena.evals.common import Progress, require_file, tick, write_json
 
 def load(path: str | os.PathLike, limit: int | None = None) -> list[tuple[str, str]]:
     """(context, " last_word") pairs from a LAMBADA JSONL file."""
-    path = require_file(path, "LAMBADA file", "give the path of lambada_test.jsonl (one {\"text\": ...} per line)")
+    path = require_file(
+        path, "LAMBADA file", 'give the path of lambada_test.jsonl (one {"text": ...} per line)'
+    )
     out = []
     with open(path, encoding="utf-8") as f:
         for line_no, line in enumerate(f, 1):
@@ -56,19 +58,30 @@ class LambadaResult:
     rows: list[dict[str, Any]]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"eval": "lambada", "model": self.model, "accuracy": self.accuracy, "perplexity": self.perplexity, "n": len(self.rows), "rows": self.rows}
+        return {
+            "eval": "lambada",
+            "model": self.model,
+            "accuracy": self.accuracy,
+            "perplexity": self.perplexity,
+            "n": len(self.rows),
+            "rows": self.rows,
+        }
 
     def save(self, folder: str | os.PathLike, name: str = "lambada") -> dict[str, Path]:
         return {"json": write_json(self.to_dict(), Path(folder) / f"{name}.json")}
 
 
-def evaluate(adapter: Adapter, path: str | os.PathLike, limit: int | None = None, progress: Progress = None) -> LambadaResult:
+def evaluate(
+    adapter: Adapter, path: str | os.PathLike, limit: int | None = None, progress: Progress = None
+) -> LambadaResult:
     pairs = load(path, limit)
     rows = []
     for i, (context, word) in enumerate(pairs):
         tick(progress, i, len(pairs), "lambada")
         s = adapter.score(context, word)
-        rows.append({"target": word.strip(), "logprob": s.logprob, "tokens": s.n_tokens, "correct": s.is_greedy})
+        rows.append(
+            {"target": word.strip(), "logprob": s.logprob, "tokens": s.n_tokens, "correct": s.is_greedy}
+        )
     tick(progress, len(pairs), len(pairs), "lambada")
     accuracy = sum(r["correct"] for r in rows) / len(rows)
     perplexity = math.exp(-sum(r["logprob"] for r in rows) / len(rows))

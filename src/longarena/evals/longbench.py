@@ -93,13 +93,17 @@ METRICS: dict[str, Callable[..., float]] = {
 
 def task_spec(dataset: str) -> TaskSpec:
     """The spec of a LongBench task; LongBench-E names (``hotpotqa_e``) share their base task's."""
-    base = dataset[:-2] if dataset.endswith("_e") else dataset
+    base = dataset.removesuffix("_e")
     if base not in TASKS:
-        raise EvalError(f"unknown LongBench task {dataset!r}; known: {', '.join(sorted(TASKS))} (and *_e variants)")
+        raise EvalError(
+            f"unknown LongBench task {dataset!r}; known: {', '.join(sorted(TASKS))} (and *_e variants)"
+        )
     return TASKS[base]
 
 
-def score_example(dataset: str, prediction: str, answers: Sequence[str], all_classes: Sequence[str] | None = None) -> float:
+def score_example(
+    dataset: str, prediction: str, answers: Sequence[str], all_classes: Sequence[str] | None = None
+) -> float:
     """The task's metric of one prediction, best over the references, in [0, 1]."""
     spec = task_spec(dataset)
     if spec.first_line:
@@ -169,12 +173,28 @@ class LongBenchResult:
         out = []
         for task, score in self.scores.items():
             rows = [r for r in self.rows if r["dataset"] == task]
-            out.append({"task": task, "metric": task_spec(task).metric, "n": len(rows), "score": score, "truncated": sum(r["truncated"] for r in rows)})
+            out.append(
+                {
+                    "task": task,
+                    "metric": task_spec(task).metric,
+                    "n": len(rows),
+                    "score": score,
+                    "truncated": sum(r["truncated"] for r in rows),
+                }
+            )
         return out
 
     def to_dict(self) -> dict[str, Any]:
         avg = sum(self.scores.values()) / len(self.scores) if self.scores else None
-        return {"eval": "longbench", "model": self.model, "max_input_tokens": self.max_input_tokens, "scores": self.scores, "average": avg, "table": self.table(), "rows": self.rows}
+        return {
+            "eval": "longbench",
+            "model": self.model,
+            "max_input_tokens": self.max_input_tokens,
+            "scores": self.scores,
+            "average": avg,
+            "table": self.table(),
+            "rows": self.rows,
+        }
 
     def save(self, folder: str | os.PathLike, name: str = "longbench") -> dict[str, Path]:
         return {"json": write_json(self.to_dict(), Path(folder) / f"{name}.json")}
@@ -210,7 +230,17 @@ def evaluate(
             prediction = adapter.decode(adapter.generate_ids(ids, spec.max_new_tokens))
             s = score_example(task, prediction, ex["answers"], ex.get("all_classes"))
             task_scores.append(s)
-            rows.append({"dataset": task, "_id": ex.get("_id"), "tokens": len(ids), "truncated": truncated, "prediction": prediction, "answers": ex["answers"], "score": s})
+            rows.append(
+                {
+                    "dataset": task,
+                    "_id": ex.get("_id"),
+                    "tokens": len(ids),
+                    "truncated": truncated,
+                    "prediction": prediction,
+                    "answers": ex["answers"],
+                    "score": s,
+                }
+            )
         scores[task] = 100.0 * sum(task_scores) / len(task_scores) if task_scores else float("nan")
     tick(progress, total, total, "longbench")
     return LongBenchResult(adapter.describe(), scores, rows, max_input_tokens)

@@ -25,7 +25,15 @@ from typing import Any
 
 from longarena.evals import metrics
 from longarena.evals.adapter import Adapter, EvalError
-from longarena.evals.common import Progress, beyond_context, check_policy, pyplot, require_file, tick, write_json
+from longarena.evals.common import (
+    Progress,
+    beyond_context,
+    check_policy,
+    pyplot,
+    require_file,
+    tick,
+    write_json,
+)
 from longarena.tasks import probes
 
 
@@ -53,15 +61,26 @@ class PositionResult:
         return {g: {p: sum(v) / len(v) for p, v in sorted(c.items())} for g, c in out.items()}
 
     def to_dict(self) -> dict[str, Any]:
-        return {"eval": self.kind, "model": self.model, "settings": self.settings, "accuracy": self.curves(), "rows": self.rows}
+        return {
+            "eval": self.kind,
+            "model": self.model,
+            "settings": self.settings,
+            "accuracy": self.curves(),
+            "rows": self.rows,
+        }
 
     def save(self, folder: str | os.PathLike, name: str | None = None) -> dict[str, Path]:
         folder = Path(folder)
         name = name or self.kind
-        return {"json": write_json(self.to_dict(), folder / f"{name}.json"), "png": plot_positions(self, folder / f"{name}.png")}
+        return {
+            "json": write_json(self.to_dict(), folder / f"{name}.json"),
+            "png": plot_positions(self, folder / f"{name}.png"),
+        }
 
 
-def _answer(adapter: Adapter, prompt: str, max_new_tokens: int, policy: str, what: str) -> tuple[str, int, bool]:
+def _answer(
+    adapter: Adapter, prompt: str, max_new_tokens: int, policy: str, what: str
+) -> tuple[str, int, bool]:
     ids = adapter.encode(prompt)
     beyond = beyond_context(adapter, len(ids) + max_new_tokens, policy, what)
     return adapter.decode(adapter.generate_ids(ids, max_new_tokens)), len(ids), beyond
@@ -96,11 +115,29 @@ def run_kv(
     for i, (n, p, s) in enumerate(plan):
         tick(progress, i, len(plan), f"{n} pairs, gold at {p}")
         probe = probes.make_kv_retrieval(n, p, seed=seed * 7919 + s, tokenizer=count)
-        output, tokens, beyond = _answer(adapter, probe.prompt, max_new_tokens, on_too_long, f"kv retrieval with {n} pairs")
+        output, tokens, beyond = _answer(
+            adapter, probe.prompt, max_new_tokens, on_too_long, f"kv retrieval with {n} pairs"
+        )
         correct = metrics.best_of(metrics.substring_match, output, probe.answers)
-        rows.append({"group": n, "position": p, "sample": s, "tokens": tokens, "answer": probe.answers[0], "output": output, "correct": correct, "beyond_context": beyond})
+        rows.append(
+            {
+                "group": n,
+                "position": p,
+                "sample": s,
+                "tokens": tokens,
+                "answer": probe.answers[0],
+                "output": output,
+                "correct": correct,
+                "beyond_context": beyond,
+            }
+        )
     tick(progress, len(plan), len(plan), "done")
-    return PositionResult("kv_retrieval", adapter.describe(), rows, {"num_pairs": list(num_pairs), "samples": samples, "seed": seed})
+    return PositionResult(
+        "kv_retrieval",
+        adapter.describe(),
+        rows,
+        {"num_pairs": list(num_pairs), "samples": samples, "seed": seed},
+    )
 
 
 # --- multi-document QA -----------------------------------------------------------------------------
@@ -108,7 +145,9 @@ def run_kv(
 
 def load_qa(path: str | os.PathLike) -> list[dict[str, Any]]:
     """Examples of the paper's multi-document QA JSONL (plain or gzip)."""
-    path = require_file(path, "multi-document QA file", "give the path of a JSONL file in the Lost in the Middle format")
+    path = require_file(
+        path, "multi-document QA file", "give the path of a JSONL file in the Lost in the Middle format"
+    )
     opener = gzip.open if path.name.endswith(".gz") else open
     examples = []
     with opener(path, "rt", encoding="utf-8") as f:
@@ -121,7 +160,9 @@ def load_qa(path: str | os.PathLike) -> list[dict[str, Any]]:
                 raise EvalError(f"{path}:{line_no}: not JSON ({exc.msg})") from exc
             missing = [k for k in ("question", "answers", "ctxs") if k not in ex]
             if missing:
-                raise EvalError(f"{path}:{line_no}: missing field(s) {missing}; expected question, answers, ctxs")
+                raise EvalError(
+                    f"{path}:{line_no}: missing field(s) {missing}; expected question, answers, ctxs"
+                )
             examples.append(ex)
     if not examples:
         raise EvalError(f"{path} holds no examples")
@@ -137,7 +178,9 @@ def _gold_index(ex: dict[str, Any]) -> int:
 
 
 def qa_prompt(question: str, docs: Sequence[dict[str, Any]]) -> str:
-    listing = "\n".join(f"Document [{i}](Title: {d.get('title', '')}) {d['text']}" for i, d in enumerate(docs, 1))
+    listing = "\n".join(
+        f"Document [{i}](Title: {d.get('title', '')}) {d['text']}" for i, d in enumerate(docs, 1)
+    )
     return (
         "Answer the question using only the search results below; some of them may be irrelevant.\n\n"
         f"{listing}\n\nQuestion: {question}\nAnswer:"
@@ -178,12 +221,30 @@ def run_qa(
         tick(progress, i, len(plan), f"example {e}, gold at {p}")
         ex = examples[e]
         docs = arrange(ex, p, n_docs)
-        output, tokens, beyond = _answer(adapter, qa_prompt(ex["question"], docs), max_new_tokens, on_too_long, "multi-document QA")
+        output, tokens, beyond = _answer(
+            adapter, qa_prompt(ex["question"], docs), max_new_tokens, on_too_long, "multi-document QA"
+        )
         first = output.strip().split("\n")[0]
         correct = metrics.best_of(metrics.substring_match, first, ex["answers"])
-        rows.append({"group": len(docs), "position": p, "example": e, "tokens": tokens, "answers": ex["answers"], "output": output, "correct": correct, "beyond_context": beyond})
+        rows.append(
+            {
+                "group": len(docs),
+                "position": p,
+                "example": e,
+                "tokens": tokens,
+                "answers": ex["answers"],
+                "output": output,
+                "correct": correct,
+                "beyond_context": beyond,
+            }
+        )
     tick(progress, len(plan), len(plan), "done")
-    return PositionResult("multidoc_qa", adapter.describe(), rows, {"path": str(path), "n_docs": total_docs, "examples": len(examples)})
+    return PositionResult(
+        "multidoc_qa",
+        adapter.describe(),
+        rows,
+        {"path": str(path), "n_docs": total_docs, "examples": len(examples)},
+    )
 
 
 def plot_positions(result: PositionResult, path: str | os.PathLike) -> Path:
@@ -191,7 +252,12 @@ def plot_positions(result: PositionResult, path: str | os.PathLike) -> Path:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for group, curve in result.curves().items():
-        ax.plot([p + 1 for p in curve], list(curve.values()), marker="o", label=f"{group} {'pairs' if result.kind == 'kv_retrieval' else 'documents'}")
+        ax.plot(
+            [p + 1 for p in curve],
+            list(curve.values()),
+            marker="o",
+            label=f"{group} {'pairs' if result.kind == 'kv_retrieval' else 'documents'}",
+        )
     ax.set_ylim(-0.02, 1.02)
     ax.set_xlabel("position of the gold " + ("pair" if result.kind == "kv_retrieval" else "document"))
     ax.set_ylabel("accuracy")

@@ -33,7 +33,16 @@ def normalize(text: str, *, articles: bool = True) -> str:
 
 
 def _is_cjk(c: str) -> bool:
-    return any(lo <= ord(c) <= hi for lo, hi in ((0x3040, 0x30FF), (0x3400, 0x4DBF), (0x4E00, 0x9FFF), (0xAC00, 0xD7AF), (0xF900, 0xFAFF)))
+    return any(
+        lo <= ord(c) <= hi
+        for lo, hi in (
+            (0x3040, 0x30FF),
+            (0x3400, 0x4DBF),
+            (0x4E00, 0x9FFF),
+            (0xAC00, 0xD7AF),
+            (0xF900, 0xFAFF),
+        )
+    )
 
 
 def tokens(text: str, *, articles: bool = True) -> list[str]:

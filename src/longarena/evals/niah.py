@@ -14,6 +14,7 @@ model's trained context ends.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import time
 from pathlib import Path
@@ -52,7 +53,9 @@ class GridConfig(Config):
         if not self.depths or any(not 0.0 <= d <= 1.0 for d in self.depths):
             raise ConfigError(f"depths must be fractions in [0, 1], got {self.depths}")
         if self.samples < 1 or self.max_new_tokens < 1:
-            raise ConfigError(f"samples and max_new_tokens must be >= 1, got {self.samples}, {self.max_new_tokens}")
+            raise ConfigError(
+                f"samples and max_new_tokens must be >= 1, got {self.samples}, {self.max_new_tokens}"
+            )
         if self.match not in ("substring", "exact"):
             raise ConfigError(f"match must be 'substring' or 'exact', got {self.match!r}")
         check_policy(self.on_too_long)
@@ -72,7 +75,9 @@ def make_probe(config: GridConfig, length: int, depth: float, seed: int, adapter
 
     if config.kind == "passkey":
         return probes.make_passkey(length, depth, seed, count)
-    return getattr(probes, f"make_{config.kind}")(length, depth, seed=seed, tokenizer=count, filler=config.filler)
+    return getattr(probes, f"make_{config.kind}")(
+        length, depth, seed=seed, tokenizer=count, filler=config.filler
+    )
 
 
 @dataclasses.dataclass
@@ -106,7 +111,11 @@ class GridResult:
             "model": self.model,
             "mean": self.mean(),
             "by_length": self.by_length(),
-            "matrix": {"depths": list(self.config.depths), "lengths": list(self.config.lengths), "scores": self.matrix()},
+            "matrix": {
+                "depths": list(self.config.depths),
+                "lengths": list(self.config.lengths),
+                "scores": self.matrix(),
+            },
             "cells": self.cells,
         }
 
@@ -119,7 +128,9 @@ class GridResult:
         }
 
 
-def run_grid(adapter: Adapter, config: GridConfig | None = None, progress: Progress = None, **overrides: Any) -> GridResult:
+def run_grid(
+    adapter: Adapter, config: GridConfig | None = None, progress: Progress = None, **overrides: Any
+) -> GridResult:
     """Greedy answers for every (length, depth, sample) cell of the grid."""
     if config is None:
         config = GridConfig(**overrides)
@@ -134,7 +145,12 @@ def run_grid(adapter: Adapter, config: GridConfig | None = None, progress: Progr
                 seed = config.seed * 1_000_003 + i * 10_007 + j * 101 + s
                 probe = make_probe(config, length, depth, seed, adapter)
                 ids = adapter.encode(probe.prompt)
-                beyond = beyond_context(adapter, len(ids) + config.max_new_tokens, config.on_too_long, f"{config.kind} cell {length}")
+                beyond = beyond_context(
+                    adapter,
+                    len(ids) + config.max_new_tokens,
+                    config.on_too_long,
+                    f"{config.kind} cell {length}",
+                )
                 start = time.perf_counter()
                 output = adapter.decode(adapter.generate_ids(ids, config.max_new_tokens))
                 cells.append(
@@ -151,7 +167,12 @@ def run_grid(adapter: Adapter, config: GridConfig | None = None, progress: Progr
                         "seconds": time.perf_counter() - start,
                     }
                 )
-                tick(progress, len(cells), total, f"{length} tokens, depth {depth:.0%}: {cells[-1]['score']:.2f}")
+                tick(
+                    progress,
+                    len(cells),
+                    total,
+                    f"{length} tokens, depth {depth:.0%}: {cells[-1]['score']:.2f}",
+                )
     return GridResult(config, adapter.describe(), cells)
 
 
@@ -187,7 +208,7 @@ def heatmap_figure(result: GridResult, trained_length: int | None = None):
     im = ax.imshow(m, vmin=0.0, vmax=1.0, cmap=cmap, aspect="auto")
     for r, row in enumerate(m):
         for c, v in enumerate(row):
-            if v == v:
+            if not math.isnan(v):
                 ax.text(c, r, f"{v:.2f}", ha="center", va="center", fontsize=8)
     ax.set_xticks(range(len(lengths)), [_fmt_len(n) for n in lengths])
     ax.set_yticks(range(len(depths)), [f"{d:.0%}" for d in depths])
@@ -196,9 +217,13 @@ def heatmap_figure(result: GridResult, trained_length: int | None = None):
     if trained:
         inside = sum(n <= trained for n in lengths)
         if inside:
-            ax.axvline(inside - 0.5, color="black", linestyle="--", linewidth=1.5, label=f"trained length {trained}")
+            ax.axvline(
+                inside - 0.5, color="black", linestyle="--", linewidth=1.5, label=f"trained length {trained}"
+            )
             ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.22), frameon=False, fontsize=8)
-    ax.set_title(f"{result.config.kind}: {result.model.get('name', '')} (mean {result.mean():.2f})", fontsize=9)
+    ax.set_title(
+        f"{result.config.kind}: {result.model.get('name', '')} (mean {result.mean():.2f})", fontsize=9
+    )
     fig.colorbar(im, ax=ax, label="score")
     fig.tight_layout()
     return fig

