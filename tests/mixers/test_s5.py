@@ -14,8 +14,8 @@ from longarena.testing import check_mixer
 
 @pytest.mark.parametrize(
     "config",
-    [dict(d_state=16), dict(d_state=16, blocks=2, discretization="bilinear")],
-    ids=["hippo-n-zoh", "2-blocks-bilinear"],
+    [dict(d_state=16), dict(d_state=16, blocks=2, discretization="bilinear"), dict(d_state=16, causal=False)],
+    ids=["hippo-n-zoh", "2-blocks-bilinear", "bidirectional"],
 )
 def test_conformance(config):
     assert check_mixer(lambda: mixers.get("s5", 16, **config), long_len=16384).ok
@@ -72,6 +72,26 @@ def test_matches_the_real_mimo_system_it_diagonalises():
     expected = m.out_proj(F.gelu(torch.stack(ys)).float())
     y, _ = m(u.float())
     torch.testing.assert_close(y[0], expected, rtol=1e-4, atol=1e-4)
+
+
+def test_bidirectional_adds_a_backward_scan_read_by_its_own_c():
+    """y = forward part + the causal layer's SSM run on the reversed sequence with C[1]."""
+    torch.manual_seed(0)
+    bi = mixers.get("s5", 4, d_state=8, causal=False)
+    x = torch.randn(1, 30, 4)
+    lam_bar, b_bar, c = bi.discrete()
+    u = x[0].to(torch.complex64)
+    h_f, h_b = torch.zeros(4, dtype=torch.complex64), torch.zeros(4, dtype=torch.complex64)
+    fwd, bwd = [], []
+    for t in range(30):
+        h_f = lam_bar * h_f + b_bar @ u[t]
+        h_b = lam_bar * h_b + b_bar @ u[29 - t]
+        fwd.append(2 * (c[0] @ h_f).real)
+        bwd.append(2 * (c[1] @ h_b).real)
+    ssm = torch.stack(fwd) + torch.stack(bwd[::-1]) + bi.d * x[0]
+    y, state = bi(x)
+    assert state is None
+    torch.testing.assert_close(y[0], bi.out_proj(F.gelu(ssm)), rtol=1e-4, atol=1e-5)
 
 
 def test_long_input_is_finite_at_64k():

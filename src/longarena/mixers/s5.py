@@ -19,9 +19,11 @@ discretisation is zero-order hold (``Lambdabar = exp(dt Lambda)``,
 Computation modes: ``forward`` scans ``Bbar u`` with :func:`longarena.ops.scan.linear_scan`
 (backend ``reference``: a loop over t; ``associative``: the log-depth associative scan of
 the paper; ``scan``: the two-level chunked form, the default, less work on CPU), ``step``
-is the recurrence. The state is ``x (B, P/2)`` complex64, fp32 whatever the module dtype; the SSM
-parameters stay fp32 when the module is cast to bf16. With a padding ``mask``, padded steps
-have decay 1 and input 0, so the state passes through them unchanged.
+is the recurrence. The state is ``x (B, P/2)`` complex64, fp32 whatever the module dtype;
+the SSM parameters stay fp32 when the module is cast to bf16. ``causal=False`` adds a
+second scan backwards in time, read out by its own ``Ctilde``, for classification. With a
+padding ``mask``, padded steps have decay 1 and input 0, so the state passes through them
+unchanged.
 """
 
 from __future__ import annotations
@@ -65,6 +67,8 @@ class S5Config(MixerConfig):
     #: per-state steps are initialised log-uniformly in [dt_min, dt_max]
     dt_min: float = 1e-3
     dt_max: float = 1e-1
+    #: False: bidirectional (a second scan backwards in time with its own C), for classification
+    causal: bool = True
 
     def validate(self) -> None:
         super().validate()
@@ -98,6 +102,7 @@ class S5(KeepFP32Params, Mixer):
 
     def __init__(self, config: S5Config) -> None:
         super().__init__(config)
+        self.causal = config.causal
         h, p2 = config.d_model, config.d_state // 2
         self.n_half = p2
         block = config.d_state // config.blocks
@@ -105,20 +110,21 @@ class S5(KeepFP32Params, Mixer):
         lam = lam_blk.repeat(config.blocks)  # (P/2,)
         v = torch.block_diag(*[v_blk] * config.blocks)  # (P, P/2)
         b = torch.randn(config.d_state, h, dtype=torch.float64) / math.sqrt(h)  # lecun normal
-        c = torch.randn(h, config.d_state, dtype=torch.float64) / math.sqrt(config.d_state)
+        n_dirs = 1 if config.causal else 2
+        c = torch.randn(n_dirs, h, config.d_state, dtype=torch.float64) / math.sqrt(config.d_state)
         b_tilde = v.conj().T @ b.to(torch.complex128)  # (P/2, H)
-        c_tilde = c.to(torch.complex128) @ v  # (H, P/2)
+        c_tilde = c.to(torch.complex128) @ v  # (dirs, H, P/2): the second set reads the backward scan
         self.log_neg_re = nn.Parameter(torch.log(-lam.real).float())  # Re(Lambda) < 0 always
         self.lam_im = nn.Parameter(lam.imag.float())
         self.b = nn.Parameter(torch.view_as_real(b_tilde.to(torch.complex64)).clone())  # (P/2, H, 2)
-        self.c = nn.Parameter(torch.view_as_real(c_tilde.to(torch.complex64)).clone())  # (H, P/2, 2)
+        self.c = nn.Parameter(torch.view_as_real(c_tilde.to(torch.complex64)).clone())  # (dirs, H, P/2, 2)
         self.d = nn.Parameter(torch.randn(h))
         log_lo, log_hi = math.log(config.dt_min), math.log(config.dt_max)
         self.log_dt = nn.Parameter(torch.rand(p2) * (log_hi - log_lo) + log_lo)
         self.out_proj = nn.Linear(h, h)
 
     def discrete(self) -> tuple[Tensor, Tensor, Tensor]:
-        """``(Lambdabar (P/2,), Bbar (P/2, H), Ctilde (H, P/2))``, complex64."""
+        """``(Lambdabar (P/2,), Bbar (P/2, H), Ctilde (dirs, H, P/2))``, complex64."""
         lam = torch.complex(-torch.exp(self.log_neg_re.float()), self.lam_im.float())
         dt = torch.exp(self.log_dt.float())
         b = torch.view_as_complex(self.b.float().contiguous())
@@ -159,13 +165,19 @@ class S5(KeepFP32Params, Mixer):
             inp = inp * m
             decay = torch.where(m, lam_bar, torch.ones_like(lam_bar))  # (B, T, P/2)
         backend = {"reference": "reference", "associative": "parallel", "scan": "chunked"}
-        hs, h_last = linear_scan(decay, inp, state, backend=backend[self.resolve_backend(x.device)])
-        y = 2 * torch.einsum("hn,btn->bth", c, hs).real + self.d * u
+        backend = backend[self.resolve_backend(x.device)]
+        hs, h_last = linear_scan(decay, inp, state, backend=backend)
+        y = 2 * torch.einsum("hn,btn->bth", c[0], hs).real + self.d * u
+        if not self.causal:
+            # padded inputs are zero, so the backward scan reaches the real tokens from a zero state
+            hs_back, _ = linear_scan(decay.flip(1), inp.flip(1), None, backend=backend)
+            y = y + 2 * torch.einsum("hn,btn->bth", c[1], hs_back.flip(1)).real
+            h_last = None
         return self.out_proj(F.gelu(y).to(x.dtype)), h_last
 
     def _step(self, x_t: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
         u = x_t.float()
         lam_bar, b_bar, c = self.discrete()
         state = lam_bar * state + torch.einsum("nh,bh->bn", b_bar, u.to(b_bar.dtype))
-        y = 2 * torch.einsum("hn,bn->bh", c, state).real + self.d * u
+        y = 2 * torch.einsum("hn,bn->bh", c[0], state).real + self.d * u
         return self.out_proj(F.gelu(y).to(x_t.dtype)), state
