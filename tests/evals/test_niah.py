@@ -41,6 +41,7 @@ class Oracle(Adapter):
         raise NotImplementedError
 
     def generate_ids(self, ids, max_new_tokens):
+        self.budgets = [*getattr(self, "budgets", []), max_new_tokens]
         if len(ids) > self.window:
             return self.encode(" I do not know.")
         # the haystacks hold no other long digit runs than the hidden key/number
@@ -105,3 +106,12 @@ def test_bad_grid_configs():
         niah.GridConfig(lengths=(0,))
     with pytest.raises(EvalError, match="on_too_long"):
         niah.GridConfig(on_too_long="truncate")
+
+
+def test_generation_budget_fits_the_answers():
+    oracle = Oracle(window=10_000)
+    niah.run_grid(oracle, kind="passkey", lengths=(400,), depths=(0.5,))
+    niah.run_grid(oracle, kind="multivalue", lengths=(800,), depths=(0.5,))
+    niah.run_grid(oracle, kind="passkey", lengths=(400,), depths=(0.5,), max_new_tokens=3)
+    # bytes: " 12345" is 6 tokens + 8 of slack; four 7-digit values " a, b, c, d" are 1 + 28 + 6 = 35, + 8
+    assert oracle.budgets == [14, 43, 3]

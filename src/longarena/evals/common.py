@@ -81,3 +81,14 @@ def require_file(path: str | os.PathLike, what: str, hint: str) -> Path:
     if not path.exists():
         raise EvalError(f"{what} not found at {path}; {hint}")
     return path
+
+
+def answer_budget(adapter: Adapter, answers: list[str], requested: int | None) -> int:
+    """Tokens to generate: ``requested``, or (None) room for all answers plus 8 tokens of slack.
+
+    Tokenizers differ a lot on digits and UUIDs (SmolLM2 spends one token per digit and ~25
+    on a UUID), so a fixed budget would cut correct answers short.
+    """
+    if requested is not None:
+        return requested
+    return len(adapter.encode(" " + ", ".join(answers), special=False)) + 8

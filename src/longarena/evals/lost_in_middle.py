@@ -27,6 +27,7 @@ from longarena.evals import metrics
 from longarena.evals.adapter import Adapter, EvalError
 from longarena.evals.common import (
     Progress,
+    answer_budget,
     beyond_context,
     check_policy,
     pyplot,
@@ -92,7 +93,7 @@ def run_kv(
     positions: Sequence[int] | None = None,
     samples: int = 2,
     seed: int = 0,
-    max_new_tokens: int = 28,
+    max_new_tokens: int | None = None,
     on_too_long: str = "mark",
     progress: Progress = None,
 ) -> PositionResult:
@@ -115,8 +116,9 @@ def run_kv(
     for i, (n, p, s) in enumerate(plan):
         tick(progress, i, len(plan), f"{n} pairs, gold at {p}")
         probe = probes.make_kv_retrieval(n, p, seed=seed * 7919 + s, tokenizer=count)
+        budget = answer_budget(adapter, probe.answers, max_new_tokens)
         output, tokens, beyond = _answer(
-            adapter, probe.prompt, max_new_tokens, on_too_long, f"kv retrieval with {n} pairs"
+            adapter, probe.prompt, budget, on_too_long, f"kv retrieval with {n} pairs"
         )
         correct = metrics.best_of(metrics.substring_match, output, probe.answers)
         rows.append(

@@ -23,7 +23,15 @@ from typing import Any
 from longarena.config import Config, ConfigError
 from longarena.evals import metrics
 from longarena.evals.adapter import Adapter
-from longarena.evals.common import Progress, beyond_context, check_policy, pyplot, tick, write_json
+from longarena.evals.common import (
+    Progress,
+    answer_budget,
+    beyond_context,
+    check_policy,
+    pyplot,
+    tick,
+    write_json,
+)
 from longarena.tasks import probes
 
 KINDS = ("needle", "passkey", "multikey", "multivalue")
@@ -37,7 +45,8 @@ class GridConfig(Config):
     #: probes per cell (different seeds); the cell's score is their mean
     samples: int = 1
     seed: int = 0
-    max_new_tokens: int = 16
+    #: None: room for the expected answer(s) in the model's tokens plus 8
+    max_new_tokens: int | None = None
     match: str = "substring"
     #: what to do with a length beyond the model's trained context: "mark" (warn) or "refuse"
     on_too_long: str = "mark"
@@ -52,7 +61,7 @@ class GridConfig(Config):
             raise ConfigError(f"lengths must be positive token counts, got {self.lengths}")
         if not self.depths or any(not 0.0 <= d <= 1.0 for d in self.depths):
             raise ConfigError(f"depths must be fractions in [0, 1], got {self.depths}")
-        if self.samples < 1 or self.max_new_tokens < 1:
+        if self.samples < 1 or (self.max_new_tokens is not None and self.max_new_tokens < 1):
             raise ConfigError(
                 f"samples and max_new_tokens must be >= 1, got {self.samples}, {self.max_new_tokens}"
             )
@@ -145,14 +154,15 @@ def run_grid(
                 seed = config.seed * 1_000_003 + i * 10_007 + j * 101 + s
                 probe = make_probe(config, length, depth, seed, adapter)
                 ids = adapter.encode(probe.prompt)
+                budget = answer_budget(adapter, probe.answers, config.max_new_tokens)
                 beyond = beyond_context(
                     adapter,
-                    len(ids) + config.max_new_tokens,
+                    len(ids) + budget,
                     config.on_too_long,
                     f"{config.kind} cell {length}",
                 )
                 start = time.perf_counter()
-                output = adapter.decode(adapter.generate_ids(ids, config.max_new_tokens))
+                output = adapter.decode(adapter.generate_ids(ids, budget))
                 cells.append(
                     {
                         "length": length,
