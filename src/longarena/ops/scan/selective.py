@@ -23,6 +23,8 @@ import math
 import torch
 from torch import Tensor
 
+from longarena.ops.scan.chunked import linear_scan_chunked
+
 
 #: elements of one (B, block, E, N) workspace tensor of the chunked path: 2 MiB of fp32, so a
 #: block's decays and inputs stay in cache (measured: 256 steps at B E N = 2048 ran ~1.4x
@@ -92,17 +94,87 @@ def selective_scan_chunked(
     u, delta, a, b, c, d, h = _prepare(u, delta, a, b, c, d, h0)
     if block is None:
         block = max(MIN_BLOCK, BLOCK_ELEMENTS // max(1, h.numel()))
-    ys = []
-    for s in range(0, u.shape[1], block):
-        sl = slice(s, s + block)
-        length = u[:, sl].shape[1]
-        chunk = chunk_size or min(CHUNK, math.ceil(math.sqrt(length)))
-        y_blk, h = _block(u[:, sl], delta[:, sl], a, b[:, sl], c[:, sl], h, chunk)
-        ys.append(y_blk)
-    y = torch.cat(ys, dim=1) if ys else u
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (u, delta, a, b, c, h)):
+        y, h = _SelectiveScanFn.apply(u, delta, a, b, c, h, block, chunk_size)
+    else:
+        y, h, _ = _scan_blocks(u, delta, a, b, c, h, block, chunk_size)
     if d is not None:
         y = y + d * u
     return y.to(out_dtype), h
+
+
+def _blocks(length: int, block: int, chunk_size: int | None) -> list[tuple[slice, int]]:
+    """``(time slice, chunk length)`` of every block."""
+    out = []
+    for s in range(0, length, block):
+        n = min(block, length - s)
+        out.append((slice(s, s + n), chunk_size or min(CHUNK, math.ceil(math.sqrt(n)))))
+    return out
+
+
+def _scan_blocks(u, delta, a, b, c, h, block, chunk_size):
+    """``(y (B, T, E), h_last, [the state entering each block])``, block after block."""
+    ys, h_ins = [], []
+    for sl, chunk in _blocks(u.shape[1], block, chunk_size):
+        h_ins.append(h)
+        y_blk, h = _block(u[:, sl], delta[:, sl], a, b[:, sl], c[:, sl], h, chunk)
+        ys.append(y_blk)
+    y = torch.cat(ys, dim=1) if ys else u.clone()
+    return y, h, h_ins
+
+
+class _SelectiveScanFn(torch.autograd.Function):
+    """The chunked selective scan with a hand-written backward that recomputes each block's
+    states instead of storing them: saved per token are the inputs only (``O(B T (E + N))``)
+    plus one ``(B, E, N)`` state per block, against ~4 ``(E, N)`` tensors per token under
+    plain autograd.
+
+    Backward, block by block from the last: with ``g_t = dy_t C_t`` (an outer product), the
+    state gradient runs backwards in time, ``gh_t = g_t + Abar_{t+1} gh_{t+1}`` (the chunked
+    scan on the reversed block, seeded by the gradient leaving the next block); then
+    ``d(dt A)_t = gh_t h_{t-1} Abar_t``, ``d(dt u)_t = sum_n gh_t B_t``,
+    ``dB_t = sum_e gh_t dt_t u_t``, ``dC_t = sum_e dy_t h_t`` and the gradient entering
+    the block's first state is ``Abar_0 gh_0``.
+    """
+
+    @staticmethod
+    def forward(ctx, u, delta, a, b, c, h0, block, chunk_size):
+        y, h_last, h_ins = _scan_blocks(u, delta, a, b, c, h0, block, chunk_size)
+        ctx.save_for_backward(u, delta, a, b, c, *h_ins)
+        ctx.block, ctx.chunk_size = block, chunk_size
+        return y, h_last
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, gy, gh_last):
+        u, delta, a, b, c, *h_ins = ctx.saved_tensors
+        bsz, _, e = u.shape
+        gy = torch.zeros_like(u) if gy is None else gy
+        if gh_last is None:
+            gh_last = torch.zeros(bsz, e, a.shape[-1], dtype=u.dtype, device=u.device)
+        g_carry = gh_last
+        gu, gdelta = torch.zeros_like(u), torch.zeros_like(delta)
+        gb, gc, ga = torch.zeros_like(b), torch.zeros_like(c), torch.zeros_like(a)
+        blocks = _blocks(u.shape[1], ctx.block, ctx.chunk_size)
+        for (sl, chunk), h_in in reversed(list(zip(blocks, h_ins))):
+            dt, u_blk, b_blk, c_blk, g_blk = delta[:, sl], u[:, sl], b[:, sl], c[:, sl], gy[:, sl]
+            decay = torch.exp(dt[..., None] * a)  # (B, L, E, N)
+            dtu = dt * u_blk  # (B, L, E)
+            hs, _ = linear_scan_chunked(decay, dtu[..., None] * b_blk[:, :, None, :], h_in, chunk_size=chunk)
+            h_prev = torch.cat((h_in[:, None], hs[:, :-1]), dim=1)  # (B, L, E, N)
+            # gh_t = g_t + Abar_{t+1} gh_{t+1}: a forward scan over the reversed block
+            a_rev = torch.cat((decay[:, 1:], torch.ones_like(decay[:, :1])), dim=1).flip(1)
+            g_out = (g_blk[..., None] * c_blk[:, :, None, :]).flip(1)  # (B, L, E, N), reversed
+            gh = linear_scan_chunked(a_rev, g_out, g_carry, chunk_size=chunk)[0].flip(1)
+            g_log_decay = gh * h_prev * decay  # gradient of dt_t A, (B, L, E, N)
+            ga += torch.einsum("blen,ble->en", g_log_decay, dt)
+            g_dtu = torch.einsum("blen,bln->ble", gh, b_blk)
+            gdelta[:, sl] = torch.einsum("blen,en->ble", g_log_decay, a) + g_dtu * u_blk
+            gu[:, sl] = g_dtu * dt
+            gb[:, sl] = torch.einsum("blen,ble->bln", gh, dtu)
+            gc[:, sl] = torch.einsum("ble,blen->bln", g_blk, hs)
+            g_carry = decay[:, 0] * gh[:, 0]
+        return gu, gdelta, ga, gb, gc, g_carry, None, None
 
 
 def _block(u: Tensor, delta: Tensor, a: Tensor, b: Tensor, c: Tensor, h: Tensor, chunk: int):
