@@ -12,8 +12,9 @@ the specification) and :func:`selective_scan_chunked`, which cuts time into bloc
 block at once, runs the two-level chunked scan of :mod:`.chunked` over it from the state
 the previous block left, and contracts with ``C`` as it goes, so extra memory is
 ``O(B block E N)`` on top of the ``O(B T E)`` inputs and outputs when no gradient is
-recorded. Both accumulate in at least fp32 and return ``y`` in ``u.dtype`` and the final
-state in the accumulation dtype.
+recorded. Its backward is written by hand (:class:`_SelectiveScanFn`) and recomputes the
+states block by block, so training keeps no per-step states either. Both accumulate in at
+least fp32 and return ``y`` in ``u.dtype`` and the final state in the accumulation dtype.
 """
 
 from __future__ import annotations
