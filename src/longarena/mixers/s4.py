@@ -162,6 +162,21 @@ def _complex(t: Tensor) -> Tensor:
     return torch.view_as_complex(t.float().contiguous())
 
 
+#: time steps per table of powers / Krylov columns, so that memory stays O(H N TIME_BLOCK)
+TIME_BLOCK = 1024
+
+
+def _time_blocks(length: int) -> list[tuple[int, int]]:
+    """``(start, length)`` of consecutive blocks of at most ``TIME_BLOCK`` steps."""
+    return [(s, min(TIME_BLOCK, length - s)) for s in range(0, length, TIME_BLOCK)]
+
+
+def _diag_powers(log_abar: Tensor, length: int) -> Tensor:
+    """``Abar^j`` for ``j < min(length, TIME_BLOCK)``: (H, N/2, j), as ``exp(j log Abar)``."""
+    steps = torch.arange(min(length, TIME_BLOCK), device=log_abar.device)
+    return torch.exp(log_abar[..., None] * steps)
+
+
 def _krylov(mat: Tensor, vec: Tensor, length: int) -> Tensor:
     """``[vec, M vec, M^2 vec, ...]`` of ``length`` columns, by doubling: (H, N, length).
 
@@ -261,9 +276,13 @@ class S4(KeepFP32Params, Mixer):
         """``K: (dirs, H, length)``, real fp32, through Vandermonde (diag) or Cauchy (dplr)."""
         if self.diagonal:
             log_abar, bbar, c = self.discrete_diag()
-            steps = torch.arange(length, device=log_abar.device)
-            powers = torch.exp(log_abar[..., None] * steps)  # (H, N/2, L)
-            return 2 * torch.einsum("khn,hnl->khl", c * bbar, powers).real
+            base = _diag_powers(log_abar, length)  # (H, N/2, TIME_BLOCK)
+            blocks = []
+            for start, n in _time_blocks(length):
+                # Abar^(start + j) = Abar^start * Abar^j: one table of powers serves every block
+                coef = c * bbar * torch.exp(log_abar * start)  # (dirs, H, N/2)
+                blocks.append(2 * torch.einsum("khn,hnl->khl", coef, base[..., :n]).real)
+            return torch.cat(blocks, dim=-1) if blocks else c.real.new_zeros(c.shape[:2] + (0,))
         return self._cauchy_kernel(length)
 
     def _cauchy_kernel(self, length: int) -> Tensor:
@@ -351,30 +370,42 @@ class S4(KeepFP32Params, Mixer):
     def _state_terms(self, u: Tensor, state: Tensor | None) -> tuple[Tensor, Tensor]:
         """Output from the carried-in state, ``2 Re(C Abar^{t+1} x0)`` (B, T, H), and the new state."""
         t = u.shape[1]
+        uc = u.to(torch.complex64)
+        contribs = []
         if self.diagonal:
             log_abar, bbar, c = self.discrete_diag()
-            powers = torch.exp(log_abar[..., None] * torch.arange(t + 1, device=u.device))  # (H, N/2, T+1)
-            # sum_s Abar^{T-1-s} Bbar u_s: powers T-1 .. 0 against s = 0 .. T-1
-            weights = (bbar[..., None] * powers[..., :t]).flip(-1)  # (H, N/2, T)
-            new_state = torch.einsum("bsh,hns->bhn", u.to(powers.dtype), weights)
-            contrib = u.new_zeros(())
+            base = _diag_powers(log_abar, t)  # (H, N/2, TIME_BLOCK): Abar^j
+            new_state = uc.new_zeros(u.shape[0], self.d_model, self.n_half)
+            for start, n in _time_blocks(t):
+                # sum over the block of Abar^{T-1-s} Bbar u_s = Abar^{T-start-n} sum_j Abar^{n-1-j} Bbar u_j
+                weights = (bbar[..., None] * base[..., :n]).flip(-1)  # (H, N/2, n)
+                part = torch.einsum("bjh,hnj->bhn", uc[:, start : start + n], weights)
+                new_state = new_state + torch.exp(log_abar * (t - start - n)) * part
+                if state is not None:
+                    coef = c[0] * torch.exp(log_abar * (start + 1))  # C Abar^{start+1}
+                    contribs.append(2 * torch.einsum("hn,hnj,bhn->bjh", coef, base[..., :n], state).real)
             if state is not None:
-                new_state = new_state + powers[..., t] * state
-                contrib = 2 * torch.einsum("hn,hnt,bhn->bth", c[0], powers[..., 1:], state).real
-            return contrib, new_state
+                new_state = new_state + torch.exp(log_abar * t) * state
+            return (torch.cat(contribs, dim=1) if contribs else u.new_zeros(())), new_state
         abar, bbar, c = self.discrete_dense()
-        # Krylov columns Abar^j Bbar, j = 0 .. T-1, reversed to meet u_s at power T-1-s
-        kb = _krylov(abar, bbar, t).flip(-1)  # (H, N, T)
-        new_full = torch.einsum("bsh,hns->bhn", u.to(kb.dtype), kb)
-        contrib = u.new_zeros(())
+        width = min(t, TIME_BLOCK)
+        kb = _krylov(abar, bbar, width)  # (H, N, width): Abar^j Bbar
+        jump = {n: torch.linalg.matrix_power(abar, n) for _, n in _time_blocks(t)}  # Abar^n per block length
+        new_full = uc.new_zeros(u.shape[0], self.d_model, 2 * self.n_half)
+        for start, n in _time_blocks(t):
+            # carry the sum so far over this block, then add the block's inputs at powers n-1 .. 0
+            new_full = torch.einsum("hij,bhj->bhi", jump[n], new_full)
+            new_full = new_full + torch.einsum("bjh,hnj->bhn", uc[:, start : start + n], kb[..., :n].flip(-1))
         if state is not None:
-            h0 = torch.cat((state, state.conj()), dim=-1)  # (B, H, N)
+            g = torch.cat((state, state.conj()), dim=-1)  # (B, H, N): Abar^start x0, block by block
             abar_t = abar.transpose(-1, -2)
-            # rows C Abar^{j+1}, j = 0 .. T-1, as Krylov columns of Abar^T from Abar^T C^T
-            rows = _krylov(abar_t, (abar_t @ c[0][..., None])[..., 0], t)  # (H, N, T)
-            contrib = torch.einsum("hnt,bhn->bth", rows, h0).real
-            new_full = new_full + torch.einsum("hij,bhj->bhi", torch.linalg.matrix_power(abar, t), h0)
-        return contrib, new_full[..., : self.n_half]
+            # rows C Abar^{j+1}, j < width, as Krylov columns of Abar^T from Abar^T C^T
+            rows = _krylov(abar_t, (abar_t @ c[0][..., None])[..., 0], width)  # (H, N, width)
+            for start, n in _time_blocks(t):
+                contribs.append(torch.einsum("hnj,bhn->bjh", rows[..., :n], g).real)
+                g = torch.einsum("hij,bhj->bhi", jump[n], g)
+            new_full = new_full + g  # Abar^T x0
+        return (torch.cat(contribs, dim=1) if contribs else u.new_zeros(())), new_full[..., : self.n_half]
 
     def _bidirectional(self, u: Tensor, backend: str) -> Tensor:
         t = u.shape[1]
