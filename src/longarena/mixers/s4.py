@@ -294,16 +294,19 @@ class S4(KeepFP32Params, Mixer):
         lam_full = torch.cat((lam, lam.conj()), dim=-1)  # (H, N)
         p, b = _complex(self.p), _complex(self.b)
         p_full, b_full = torch.cat((p, p.conj()), -1), torch.cat((b, b.conj()), -1)
-        k = torch.arange(n_fft // 2 + 1, device=lam.device)
-        z = torch.exp(-2j * math.pi * k / n_fft).to(torch.complex64)  # (F,) roots of unity
-        g = (2 / self.dt()[:, None]) * (1 - z) / (1 + z)  # (H, F)
-        r = 1 / (g[:, None, :] - lam_full[:, :, None])  # (H, N, F): the Cauchy matrix
-        k00 = torch.einsum("khn,hnf->khf", ctilde * b_full, r)
-        k01 = torch.einsum("khn,hnf->khf", ctilde * p_full, r)
-        k10 = torch.einsum("hn,hnf->hf", p_full.conj() * b_full, r)
-        k11 = torch.einsum("hn,hnf->hf", p_full.conj() * p_full, r)
-        khat = 2 / (1 + z) * (k00 - k01 * k10 / (1 + k11))  # (dirs, H, F)
-        return torch.fft.irfft(khat, n=n_fft)[..., :length]
+        khats = []
+        # frequencies in blocks, so the Cauchy matrix is (H, N, TIME_BLOCK) at a time
+        for start, n in _time_blocks(n_fft // 2 + 1):
+            k = torch.arange(start, start + n, device=lam.device)
+            z = torch.exp(-2j * math.pi * k / n_fft).to(torch.complex64)  # (F,) roots of unity
+            g = (2 / self.dt()[:, None]) * (1 - z) / (1 + z)  # (H, F)
+            r = 1 / (g[:, None, :] - lam_full[:, :, None])  # (H, N, F): the Cauchy matrix
+            k00 = torch.einsum("khn,hnf->khf", ctilde * b_full, r)
+            k01 = torch.einsum("khn,hnf->khf", ctilde * p_full, r)
+            k10 = torch.einsum("hn,hnf->hf", p_full.conj() * b_full, r)
+            k11 = torch.einsum("hn,hnf->hf", p_full.conj() * p_full, r)
+            khats.append(2 / (1 + z) * (k00 - k01 * k10 / (1 + k11)))  # (dirs, H, F)
+        return torch.fft.irfft(torch.cat(khats, dim=-1), n=n_fft)[..., :length]
 
     def init_state(self, batch_size: int, device=None, dtype=None) -> Tensor:
         """``(B, H, N/2)`` complex64: the N/2 modes (their conjugates are implied). Kept in fp32."""
