@@ -147,7 +147,7 @@ class Backbone(nn.Module):
 class ModelOutput:
     logits: Tensor
     loss: Tensor | None = None
-    state: list[Any] | None = None
+    state: Any = None
 
 
 def _check_ids(input_ids: Tensor, vocab_size: int, name: str = "input_ids") -> None:
@@ -192,7 +192,7 @@ class LanguageModel(nn.Module):
         self,
         input_ids: Tensor,
         *,
-        state: list[Any] | None = None,
+        state: Any = None,
         attention_mask: Tensor | None = None,
         labels: Tensor | None = None,
     ) -> ModelOutput:
