@@ -9,6 +9,7 @@ wall time, which is recorded too (``wall_seconds``).
     OMP_NUM_THREADS=1 python benchmarks/sparse_scaling.py                 # 1k .. 32k
     python benchmarks/sparse_scaling.py --lengths 1024 2048 --methods sdpa longformer
     python benchmarks/sparse_scaling.py --pictures docs/img             # mask pictures only
+    python benchmarks/sparse_scaling.py --replot benchmarks/results/sparse_scaling.json
 
 Methods (B=1, H=4, K=16 by default; window 128 keys each side, tiles of 64):
 
@@ -188,15 +189,15 @@ def plot_scaling(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
-    for mode, marker in (("train", "o"), ("fwd", "x")):
-        for method in METHODS:
+    for i, method in enumerate(METHODS):
+        for mode, style in (("train", "-o"), ("fwd", "--x")):
             pts = sorted((r["T"], r) for r in rows if r["method"] == method and r["mode"] == mode)
             if not pts:
                 continue
             ts = [p[0] for p in pts]
-            label = f"{method} ({mode})"
-            axes[0].plot(ts, [p[1]["seconds"] for p in pts], marker=marker, label=label)
-            axes[1].plot(ts, [max(p[1]["peak_mib"], 0.1) for p in pts], marker=marker, label=label)
+            kw = dict(color=f"C{i}", label=f"{method} ({mode})")
+            axes[0].plot(ts, [p[1]["seconds"] for p in pts], style, **kw)
+            axes[1].plot(ts, [max(p[1]["peak_mib"], 0.1) for p in pts], style, **kw)
     for ax, ylabel in zip(axes, ("CPU seconds (1 thread)", "peak MiB above inputs")):
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
@@ -225,11 +226,15 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/sparse_scaling.json"))
     p.add_argument("--plot", type=Path, default=Path("docs/img/sparse_scaling.png"))
     p.add_argument("--pictures", type=Path, help="only draw the pattern masks into this folder")
+    p.add_argument("--replot", type=Path, help="only redraw --plot from this JSON of an earlier run")
     p.add_argument("--one", nargs=3, metavar=("METHOD", "T", "MODE"), help=argparse.SUPPRESS)
     args = p.parse_args()
 
     if args.pictures:
         pictures(args.pictures)
+        return
+    if args.replot:
+        plot_scaling(json.loads(args.replot.read_text())["rows"], args.plot)
         return
     if args.one:
         method, t, mode = args.one
