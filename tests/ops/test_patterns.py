@@ -19,6 +19,7 @@ from longarena.ops.attention.patterns import (
     block_layout,
     dense_mask,
 )
+from longarena.ops.attention.flex import pattern_block_mask
 from longarena.ops.attention.sparse import sparse_attention
 from longarena.testing.conformance import rel_error
 
@@ -197,6 +198,15 @@ def test_compiled_flex_uses_the_tile_layout_correctly_on_cpu():
             q, k, v, PATTERNS["bigbird"], backend="flex", block_size=16, key_mask=km, score_bias=bias
         )
     assert rel_error(y, ref) < 1e-5
+
+
+def test_flex_block_mask_keeps_the_tiles_of_the_layout():
+    key_mask = torch.ones(2, 75, dtype=torch.bool)
+    key_mask[1, 40:] = False
+    geo = Geometry(70, 75, 5, 4, key_mask)
+    block_mask = pattern_block_mask(PATTERNS["bigbird"], geo, block_size=16)
+    layout = block_layout(PATTERNS["bigbird"].bind(geo), 16)
+    assert torch.equal(block_mask.to_dense().bool(), layout.any.expand(2, 4, -1, -1))
 
 
 def test_flex_refuses_gradients_on_cpu_with_a_clear_error():

@@ -5,13 +5,14 @@ The ``BlockMask`` is built directly from the pattern's tile layout
 all ``Tq * Tk`` pairs (``create_block_mask`` does that and takes 12 s at T = 16k on CPU).
 Tiles the pattern fills completely are marked *full*, so the kernel skips ``mask_mod`` there.
 
-What flex_attention does in torch 2.13 (measured, B=1, H=4, K=16, window 128, T=16k, one
-CPU core):
+What flex_attention does in torch 2.13 (measured, B=1, H=4, K=16, window 128, one
+CPU thread):
 
 - GPU, compiled: forward and backward; the fast path there.
-- CPU, compiled: forward only, 0.12 s vs 2.7 s for dense SDPA; its backward raises
-  ``NotImplementedError`` and the first call at each shape compiles for 10-20 s.
-- CPU, eager: materialises all ``T * T`` scores (70 s): never useful.
+- CPU, compiled: forward only, 0.16 s CPU time at T = 16k vs 1.3 s for dense SDPA
+  (``benchmarks/sparse_scaling.py``); its backward raises ``NotImplementedError`` and the
+  first call at each shape compiles for 10-40 s.
+- CPU, eager: materialises all ``T * T`` scores (70 s wall at T = 16k): never useful.
 
 So training on CPU goes through :mod:`.blocked` instead; this path serves GPU training and
 long-sequence inference on CPU.
