@@ -32,7 +32,9 @@ class SparseAttentionConfig(MixerConfig):
     def validate(self) -> None:
         super().validate()
         if not isinstance(self.n_heads, int) or self.n_heads <= 0 or self.d_model % self.n_heads:
-            raise ConfigError(f"d_model ({self.d_model}) must be a positive multiple of n_heads ({self.n_heads})")
+            raise ConfigError(
+                f"d_model ({self.d_model}) must be a positive multiple of n_heads ({self.n_heads})"
+            )
         if not isinstance(self.block_size, int) or self.block_size < 1:
             raise ConfigError(f"block_size must be an int >= 1, got {self.block_size!r}")
 

@@ -48,7 +48,9 @@ class BigBirdConfig(SparseAttentionConfig):
     def validate(self) -> None:
         super().validate()
         if self.mode not in MODES:
-            raise ConfigError(f"mode must be one of {MODES} (internal / extended global tokens), got {self.mode!r}")
+            raise ConfigError(
+                f"mode must be one of {MODES} (internal / extended global tokens), got {self.mode!r}"
+            )
         for name in ("window_blocks", "n_global", "n_random_blocks"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:

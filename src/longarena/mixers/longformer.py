@@ -117,7 +117,10 @@ class Longformer(SparseAttentionMixer):
         kept = min(seq_len, self.cache_len) if self.causal else seq_len
         return 2 * self.n_heads * self.head_dim * kept
 
-    def _project(self, x: Tensor, q_proj: nn.Linear, kv_proj: nn.Linear, start: int) -> tuple[Tensor, Tensor, Tensor]:
+    def _project(
+        self, x: Tensor, q_proj: nn.Linear, kv_proj: nn.Linear, start: int
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """q, k, v: (B, H, T, K) of x: (B, T, D), rotated at positions start .. start+T-1."""
         q = self.rotate(self.split_heads(q_proj(x)), start)  # (B, H, T, K)
         k, v = kv_proj(x).chunk(2, dim=-1)
         return q, self.rotate(self.split_heads(k), start), self.split_heads(v)

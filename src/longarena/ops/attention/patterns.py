@@ -163,7 +163,9 @@ class SlidingWindow(Pattern):
             raise ValueError(f"window must be an int >= 0 (keys on one side), got {self.window!r}")
         dil = (self.dilation,) if isinstance(self.dilation, int) else tuple(self.dilation)
         if not dil or any(not isinstance(d, int) or d < 1 for d in dil):
-            raise ValueError(f"dilation must be an int >= 1 or a tuple of them (one per head), got {self.dilation!r}")
+            raise ValueError(
+                f"dilation must be an int >= 1 or a tuple of them (one per head), got {self.dilation!r}"
+            )
 
     @property
     def dilations(self) -> tuple[int, ...]:
@@ -259,7 +261,9 @@ class GlobalTokens(Pattern):
         length = max(geo.q_offset + geo.q_len, geo.kv_len)
         out = [i for i in self.indices if i >= length]
         if out:
-            raise ValueError(f"global token indices {out} are out of range for a sequence of {length} positions")
+            raise ValueError(
+                f"global token indices {out} are out of range for a sequence of {length} positions"
+            )
         table = torch.zeros(geo.positions + 1, dtype=torch.bool, device=geo.device)
         table[list(self.indices)] = True
         # prefix counts answer "how many global tokens in [lo, hi]" for a whole tile at once
@@ -362,7 +366,8 @@ class RandomBlocks(Pattern):
         # the key block index in the low bits breaks ties, so topk picks the same on any device
         score = ((block_hash(self.seed, head, i, j) << 20) + j).unsqueeze(0)  # (1, Hr, nQr, nKr)
         real = torch.ones(1, geo.kv_len, dtype=torch.bool, device=dev) if geo.key_mask is None else geo.key_mask
-        real = torch.nn.functional.pad(real, (0, n_k * size - geo.kv_len)).view(real.shape[0], n_k, size).any(-1)
+        real = torch.nn.functional.pad(real, (0, n_k * size - geo.kv_len))
+        real = real.view(real.shape[0], n_k, size).any(-1)  # (B|1, nKr): blocks with a real key
         candidate = real[:, None, None, :]  # (B|1, 1, 1, nKr)
         if self.avoid is not None:
             # bound at offset 0 over absolute positions, so tile i is random block i

@@ -32,7 +32,8 @@ def check_qkv(q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor | None) -> None:
         raise ValueError(f"query heads ({q.shape[1]}) must be a multiple of key/value heads ({k.shape[1]})")
     if key_mask is not None and (key_mask.dtype != torch.bool or key_mask.shape != (k.shape[0], k.shape[2])):
         raise ValueError(
-            f"key_mask must be bool (B, Tk) = {(k.shape[0], k.shape[2])}, got {key_mask.dtype} {tuple(key_mask.shape)}"
+            f"key_mask must be bool (B, Tk) = {(k.shape[0], k.shape[2])}, "
+            f"got {key_mask.dtype} {tuple(key_mask.shape)}"
         )
 
 
