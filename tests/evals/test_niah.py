@@ -95,6 +95,10 @@ def test_heatmap_conventions():
     assert [t.get_text() for t in ax.get_yticklabels()] == ["0%", "50%", "100%"]
     (line,) = ax.get_lines()
     assert line.get_linestyle() == "--" and list(line.get_xdata()) == [1.5, 1.5]  # between 2k and 4k
+    assert list(niah.heatmap_figure(result, 4096).axes[0].get_lines()[0].get_xdata()) == [2.5, 2.5]
+    assert list(niah.heatmap_figure(result, 512).axes[0].get_lines()[0].get_xdata()) == [-0.5, -0.5]
+    short = niah.heatmap_figure(result, 8192).axes[0]  # the grid stops short of the trained length
+    assert not short.get_lines() and "within the trained 8192" in short.get_title()
 
 
 def test_bad_grid_configs():

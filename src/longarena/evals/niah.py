@@ -224,16 +224,22 @@ def heatmap_figure(result: GridResult, trained_length: int | None = None):
     ax.set_yticks(range(len(depths)), [f"{d:.0%}" for d in depths])
     ax.set_xlabel("context length (tokens)")
     ax.set_ylabel("needle depth")
+    title = f"{result.config.kind}: {result.model.get('name', '')} (mean {result.mean():.2f})"
     if trained:
         inside = sum(n <= trained for n in lengths)
-        if inside:
+        # the line separates the columns within the trained context from those beyond it; a grid
+        # that stops short of the trained length has no such boundary, so the title says it
+        if inside and (inside < len(lengths) or lengths[-1] == trained):
             ax.axvline(
                 inside - 0.5, color="black", linestyle="--", linewidth=1.5, label=f"trained length {trained}"
             )
             ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.22), frameon=False, fontsize=8)
-    ax.set_title(
-        f"{result.config.kind}: {result.model.get('name', '')} (mean {result.mean():.2f})", fontsize=9
-    )
+        elif not inside:
+            ax.axvline(-0.5, color="black", linestyle="--", linewidth=1.5, label=f"trained length {trained}")
+            ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.22), frameon=False, fontsize=8)
+        else:
+            title += f"\nall lengths within the trained {trained}"
+    ax.set_title(title, fontsize=9)
     fig.colorbar(im, ax=ax, label="score")
     fig.tight_layout()
     return fig
