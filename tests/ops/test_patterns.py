@@ -148,6 +148,21 @@ def test_blocked_equals_reference_outputs_and_gradients(name):
             assert rel_error(a, b) < 1e-5
 
 
+def test_blocked_without_elementwise_mask_when_every_tile_is_full():
+    """BigBird with tile = block: every gathered tile is full, so the kernel skips the mask."""
+    local = BlockLocal(16, 1) | GlobalTokens(tuple(range(16)))
+    pattern = local | RandomBlocks(16, 2, seed=5, n_heads=4, avoid=local)
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 4, 96, 8, generator=g).requires_grad_(True) for _ in range(3))
+    layout = block_layout(pattern.bind(Geometry(96, 96, 0, 4)), 16, exclude_dense_rows=True)
+    assert bool((layout.full | ~layout.any).all())
+    ys = [sparse_attention(q, k, v, pattern, backend=be, block_size=16) for be in ("reference", "blocked")]
+    grads = [torch.autograd.grad(y.pow(2).sum(), (q, k, v)) for y in ys]
+    assert rel_error(ys[1], ys[0]) < 1e-5
+    for a, b in zip(grads[1], grads[0]):
+        assert rel_error(a, b) < 1e-5
+
+
 def test_blocked_bf16_and_score_bias_match_the_fp32_reference():
     (q, k, v), km, bias = _case(torch.float32, gqa=True, bias=True)
     pattern = PATTERNS["longformer"]

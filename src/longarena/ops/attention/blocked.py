@@ -75,21 +75,30 @@ def blocked_sparse_attention(
     k_pos = k_pos.unsqueeze(3)  # (Bl, Hl, nQb, 1, M*C)
     q_pos = torch.arange(n_q * c, device=q.device, dtype=torch.int32).view(1, 1, n_q, c, 1)
     b5, h5 = bi.unsqueeze(-1), torch.arange(h, device=q.device).view(1, -1, 1, 1, 1)
-    allowed = bound.allowed(b5, h5, q_pos, k_pos)
-    if not bool(slot_used.all()):  # unused slots repeat block 0: mask them out
-        allowed = allowed & slot_used.repeat_interleave(c, dim=-1).unsqueeze(3)
-    if key_mask is not None:
-        allowed = allowed & key_valid[b5, k_pos]
-    elif tk % c:
-        allowed = allowed & (k_pos < tk)
-
     scores = torch.einsum("bhiqd,bhikd->bhiqk", qb * scale, kg)  # (B, H, nQb, C, M*C)
     if score_bias is not None:
         scores = scores + score_bias(b5, h5, q_pos, k_pos).to(acc)
-    # masked_softmax inlined: zeroing the rows without keys on the (C, V) output instead of
-    # the (C, M*C) weights saves a full pass over the largest tensor
-    weights = torch.softmax(scores.masked_fill(~allowed, -1e30), dim=-1)
-    out = torch.einsum("bhiqk,bhikv->bhiqv", weights, vg) * allowed.any(dim=-1, keepdim=True)
+
+    # full tiles hold only allowed pairs of real keys: when every gathered tile is full
+    # (BigBird with tile = its block), the elementwise mask is skipped altogether
+    lead = torch.broadcast_shapes(layout.full.shape[:-1], idx.shape[:-1])
+    full_slot = layout.full.expand(*lead, -1).gather(-1, idx.expand(*lead, -1))  # (.., nQb, M)
+    if bool((full_slot | ~slot_used).all()):
+        if bool(slot_used.all()):
+            weights = torch.softmax(scores, dim=-1)
+            out = torch.einsum("bhiqk,bhikv->bhiqv", weights, vg)
+        else:
+            used = slot_used.repeat_interleave(c, dim=-1).unsqueeze(3)  # (Bl, Hl, nQb, 1, M*C)
+            out = _masked_rows(scores, used, vg)
+    else:
+        allowed = bound.allowed(b5, h5, q_pos, k_pos)
+        if not bool(slot_used.all()):  # unused slots repeat block 0: mask them out
+            allowed = allowed & slot_used.repeat_interleave(c, dim=-1).unsqueeze(3)
+        if key_mask is not None:
+            allowed = allowed & key_valid[b5, k_pos]
+        elif tk % c:
+            allowed = allowed & (k_pos < tk)
+        out = _masked_rows(scores, allowed, vg)
     out = out.flatten(2, 3)[:, :, :tq]  # (B, H, Tq, V)
 
     if bound.dense_queries is not None:
@@ -97,6 +106,16 @@ def blocked_sparse_attention(
         dense = _dense_rows(q, k, v, bound.allowed, rows, key_valid[:, :tk], score_bias, scale)  # (B, H, G, V)
         out = out.index_copy(2, rows, dense)
     return out.to(q.dtype)
+
+
+def _masked_rows(scores: Tensor, allowed: Tensor, vg: Tensor) -> Tensor:
+    """masked_softmax(scores, allowed) @ vg per tile: (B, H, nQb, C, V).
+
+    Rows without any allowed key are zeroed on the (C, V) output rather than on the
+    (C, M*C) weights, which saves a full pass over the largest tensor.
+    """
+    weights = torch.softmax(scores.masked_fill(~allowed, -1e30), dim=-1)
+    return torch.einsum("bhiqk,bhikv->bhiqv", weights, vg) * allowed.any(dim=-1, keepdim=True)
 
 
 def _dense_rows(
