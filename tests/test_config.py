@@ -64,3 +64,16 @@ def test_registry_refuses_a_second_component_under_one_name():
     with pytest.raises(ValueError, match="already registered"):
         reg.register("a")(lambda: 2)
     assert reg.names() == ["a"] and reg.summaries() == {"a": ""}
+
+
+def test_optional_tuple_fields_round_trip():
+    import dataclasses as dc
+
+    from longarena.config import Config
+
+    @dc.dataclass
+    class WithOptionalTuple(Config):
+        gammas: tuple[float, ...] | None = None
+
+    config = WithOptionalTuple(gammas=(0.9, 0.99))
+    assert WithOptionalTuple.from_dict(json.loads(json.dumps(config.to_dict()))) == config

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import types
 import typing
 from typing import Any, TypeVar
 
@@ -46,8 +47,8 @@ class Config:
             hint = hints.get(name)
             if isinstance(hint, type) and issubclass(hint, Config) and isinstance(value, dict):
                 value = hint.from_dict(value)
-            elif typing.get_origin(hint) is tuple and isinstance(value, (list, tuple)):
-                item = (typing.get_args(hint) or (None,))[0]
+            elif isinstance(value, (list, tuple)) and (tuple_hint := _tuple_hint(hint)) is not None:
+                item = (typing.get_args(tuple_hint) or (None,))[0]
                 if isinstance(item, type) and issubclass(item, Config):
                     value = [item.from_dict(v) if isinstance(v, dict) else v for v in value]
                 value = tuple(value)
@@ -56,6 +57,16 @@ class Config:
 
     def replace(self: C, **changes: Any) -> C:
         return dataclasses.replace(self, **changes)
+
+
+def _tuple_hint(hint: Any) -> Any:
+    """The ``tuple[...]`` in a hint such as ``tuple[int, ...]`` or ``tuple[float, ...] | None``."""
+    if typing.get_origin(hint) is tuple or hint is tuple:
+        return hint
+    for arg in typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else ():
+        if typing.get_origin(arg) is tuple or arg is tuple:
+            return arg
+    return None
 
 
 def _plain(value: Any) -> Any:

@@ -179,3 +179,16 @@ def test_base_class_rejects_bad_inputs():
         m(torch.randn(2, 4, 8), mask=torch.ones(2, 5, dtype=torch.bool))
     with pytest.raises(MixerInputError, match="init_state"):
         m.step(torch.randn(2, 8), None)
+
+
+class TinyLeak(ToyEMA):
+    """Leaks 1e-3 of the next input: small, but far above FFT rounding."""
+
+    def _forward(self, x, state, mask):
+        y, s = super()._forward(x, state, mask)
+        return y + 1e-3 * torch.roll(x, -1, dims=1), s
+
+
+def test_a_small_leak_is_still_caught():
+    report = check_mixer(TinyLeak, checks=["causality"], dtypes=[torch.float32], raise_on_failure=False, **FAST)
+    assert "causality" in report.failed_checks()

@@ -3,13 +3,13 @@
 1. ``backends``:   every computation path equals the reference (outputs, states, gradients);
 2. ``chunked``:    forward over chunks with the state carried equals the whole forward,
    ``step``:       and so does token-by-token ``step()`` (also after a prefill);
-3. ``causality``:  no gradient from ``y[:, t]`` to ``x[:, t+1:]``;
+3. ``causality``:  no gradient from ``y[:, t]`` to ``x[:, t+1:]`` (beyond FFT rounding);
 4. ``batch``:      batch elements are independent; ``padding``: padded positions do not leak;
 5. ``long``:       finite outputs and gradients on a long input;
 plus ``errors``:   a state made for another batch size is refused with a clear error.
 
 fp32 runs compare with a tight tolerance; bf16 runs compare against the fp32 reference of
-the same weights with a tolerance that fits bf16 rounding. Errors are relative RMS errors,
+the same (bf16-rounded) weights with a tolerance that fits bf16 arithmetic. Errors are relative RMS errors,
 ``||a - b|| / ||b||``, so one rule serves outputs, states and gradients of any scale.
 """
 
@@ -26,8 +26,12 @@ from torch import Tensor
 from longarena.mixers.base import Mixer, MixerInputError, flatten_state
 
 CHECKS = ("backends", "chunked", "step", "causality", "batch", "padding", "long", "errors")
-#: relative RMS error allowed, by dtype
-TOLERANCE = {torch.float32: 2e-4, torch.bfloat16: 6e-2, torch.float16: 1e-2}
+#: largest gradient from a future input allowed, relative to the largest past one
+CAUSAL_LEAK = 1e-6
+#: relative RMS error allowed, by dtype. fp32 checks exactness; bf16 (8-bit mantissa, and
+#: gradients through normalisations and softmax that cancel most of their terms) checks
+#: numerical health: overflow, catastrophic cancellation, a path that loses the state
+TOLERANCE = {torch.float32: 2e-4, torch.bfloat16: 1e-1, torch.float16: 2e-2}
 
 
 class ConformanceError(AssertionError):
@@ -136,6 +140,16 @@ class _Harness:
         m.eval()
         return m
 
+    def reference(self, dtype: torch.dtype) -> Mixer:
+        """The fp32 mixer a ``dtype`` run is compared with: its weights rounded to ``dtype``
+        first, so the comparison measures the arithmetic, not the rounding of the weights."""
+        m = copy.deepcopy(self.base)
+        if dtype != torch.float32:
+            m = m.to(dtype)
+        m = m.to(torch.float32)
+        m.eval()
+        return m
+
     def inputs(self, batch: int, length: int, dtype: torch.dtype, seed_offset: int = 0) -> Tensor:
         g = torch.Generator().manual_seed(self.seed + 1 + seed_offset)
         return torch.randn(batch, length, self.d, generator=g).to(self.device, dtype)
@@ -199,7 +213,7 @@ def _grad_problems(prefix: str, a: dict[str, Tensor], b: dict[str, Tensor], tol:
 
 
 def _check_backends(h: _Harness, dtype: torch.dtype, tol: float, batch: int, length: int) -> list[str]:
-    ref = h.mixer(torch.float32)
+    ref = h.reference(dtype)
     available = ref.available_backends(h.device)
     x = h.inputs(batch, length, torch.float32)
     problems = []
@@ -229,7 +243,7 @@ def _check_backends(h: _Harness, dtype: torch.dtype, tol: float, batch: int, len
 def _full_reference(h: _Harness, dtype: torch.dtype, x: Tensor) -> tuple[Tensor, Any]:
     """The fp32 whole-sequence output the chunked/step paths are compared with."""
     with torch.no_grad():
-        return h.mixer(torch.float32)(x.float())
+        return h.reference(dtype)(x.float())
 
 
 def _check_chunked(h: _Harness, dtype: torch.dtype, tol: float, batch: int, length: int) -> list[str]:
@@ -285,12 +299,18 @@ def _check_causality(h: _Harness, dtype: torch.dtype, tol: float, batch: int, le
         x = h.inputs(1, length, dtype).requires_grad_(True)
         y, _ = m(x)
         y[:, t].float().pow(2).sum().backward()
-        future = x.grad[:, t + 1 :]
-        if future.abs().max().item() != 0.0:
-            first = int((future.abs().amax(dim=(0, 2)) > 0).nonzero()[0]) + t + 1
-            problems.append(f"output at t={t} has a gradient from the future input at t={first}")
-        if x.grad[:, : t + 1].abs().max().item() == 0.0:
+        future = x.grad[:, t + 1 :].float().abs()
+        past = x.grad[:, : t + 1].float().abs().max().item()
+        if past == 0.0:
             problems.append(f"output at t={t} does not depend on any input at or before t")
+        # FFT convolutions leave rounding-level (~1e-8 relative) gradients on future inputs;
+        # anything above CAUSAL_LEAK of the largest past gradient is a real leak
+        elif future.numel() and future.max().item() > CAUSAL_LEAK * past:
+            first = int((future.amax(dim=(0, 2)) > CAUSAL_LEAK * past).nonzero()[0]) + t + 1
+            problems.append(
+                f"output at t={t} has a gradient from the future input at t={first} "
+                f"({future.max().item() / past:.1e} of the largest past gradient)"
+            )
     return problems
 
 
