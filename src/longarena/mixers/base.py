@@ -173,6 +173,28 @@ class Mixer(nn.Module):
         return f"d_model={self.d_model}, causal={self.causal}, backend={self.backend!r}"
 
 
+LOW_PRECISION = (torch.bfloat16, torch.float16)
+
+
+class KeepFP32Params(nn.Module):
+    """Keeps the parameters named in ``fp32_params`` in fp32 when the module is cast to bf16/fp16.
+
+    SSM step sizes, decays and eigenvalues are raised to powers in the thousands; rounding
+    them to bf16 (8 bits of mantissa) shifts every kernel. Moves between devices still apply.
+    """
+
+    fp32_params: ClassVar[tuple[str, ...]] = ()
+
+    def _apply(self, fn, recurse=True):
+        kept = {n: self._parameters[n].data for n in self.fp32_params if self._parameters.get(n) is not None}
+        out = super()._apply(fn, recurse)
+        for name, old in kept.items():
+            param = self._parameters[name]
+            if param.dtype in LOW_PRECISION and old.dtype not in LOW_PRECISION:
+                param.data = old.to(param.device)
+        return out
+
+
 def flatten_state(state: Any) -> list[Any]:
     """Leaves of a state made of tensors, numbers, tuples, lists, dicts and dataclasses."""
     if state is None:

@@ -34,8 +34,7 @@ from torch import Tensor, nn
 
 from longarena.config import ConfigError
 from longarena.mixers import register
-from longarena.mixers.base import Mixer, MixerConfig, MixerInputError
-from longarena.mixers.s4 import KeepFP32Params
+from longarena.mixers.base import KeepFP32Params, Mixer, MixerConfig, MixerInputError
 from longarena.ops.scan import selective_scan
 
 

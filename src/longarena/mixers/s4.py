@@ -54,31 +54,9 @@ from torch import Tensor, nn
 
 from longarena.config import ConfigError
 from longarena.mixers import register
-from longarena.mixers.base import Mixer, MixerConfig, MixerInputError
+from longarena.mixers.base import KeepFP32Params, Mixer, MixerConfig, MixerInputError
 from longarena.ops.conv import long_conv
 from longarena.ops.scan import linear_scan
-
-LOW_PRECISION = (torch.bfloat16, torch.float16)
-
-
-class KeepFP32Params(nn.Module):
-    """Keeps the parameters named in ``fp32_params`` in fp32 when the module is cast to bf16/fp16.
-
-    SSM step sizes, decays and eigenvalues are raised to powers in the thousands; rounding
-    them to bf16 (8 bits of mantissa) shifts every kernel. Moves between devices still apply.
-    """
-
-    fp32_params: ClassVar[tuple[str, ...]] = ()
-
-    def _apply(self, fn, recurse=True):
-        kept = {n: self._parameters[n].data for n in self.fp32_params if self._parameters.get(n) is not None}
-        out = super()._apply(fn, recurse)
-        for name, old in kept.items():
-            param = self._parameters[name]
-            if param.dtype in LOW_PRECISION and old.dtype not in LOW_PRECISION:
-                param.data = old.to(param.device)
-        return out
-
 
 def hippo_legs(n: int) -> tuple[Tensor, Tensor, Tensor]:
     """HiPPO-LegS ``A (N, N)``, ``B (N,)`` and the low-rank ``P (N,)`` with ``A + P P^T`` normal.

@@ -38,8 +38,8 @@ from torch import Tensor, nn
 
 from longarena.config import ConfigError
 from longarena.mixers import register
-from longarena.mixers.base import Mixer, MixerConfig, MixerInputError
-from longarena.mixers.s4 import KeepFP32Params, hippo_legs
+from longarena.mixers.base import KeepFP32Params, Mixer, MixerConfig, MixerInputError
+from longarena.mixers.s4 import hippo_legs
 from longarena.ops.scan import linear_scan
 
 
