@@ -60,7 +60,7 @@ class SparseAttentionMixer(Mixer):
             )
 
     def available_backends(self, device: torch.device) -> tuple[str, ...]:
-        return sparse_backends_for(device)
+        return sparse_backends_for(device, self.head_dim)
 
     def split_heads(self, t: Tensor) -> Tensor:
         """(B, T, H*K) -> (B, H, T, K)."""

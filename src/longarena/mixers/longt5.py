@@ -118,7 +118,7 @@ class LongT5(Mixer):
         self.local = SlidingWindow(config.local_radius)
 
     def available_backends(self, device: torch.device) -> tuple[str, ...]:
-        return sparse_backends_for(device)
+        return sparse_backends_for(device, self.head_dim)
 
     def state_size(self, seq_len: int) -> int:
         return 2 * self.d_model * (seq_len + seq_len // self.config.global_block_size)

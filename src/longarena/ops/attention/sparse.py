@@ -27,10 +27,20 @@ SPARSE_BACKENDS = {
 __all__ = ["SPARSE_BACKENDS", "sparse_attention", "sparse_backends_for"]
 
 
-def sparse_backends_for(device: torch.device | str) -> tuple[str, ...]:
-    """Backends that train on ``device``, the reference first and the fastest last."""
-    if flex_supports_grad(torch.device(device)):
-        return ("reference", "blocked", "flex")
+#: flex_attention's GPU kernels need a head dimension of at least this (torch 2.11-2.13)
+FLEX_MIN_HEAD_DIM = 16
+
+
+def sparse_backends_for(device: torch.device | str, head_dim: int | None = None) -> tuple[str, ...]:
+    """Backends that train on ``device``, the reference first and the default (``auto``) last.
+
+    On an H100 (torch 2.11) flex trains correctly, but each new pattern/shape/grad-mode
+    recompiles it and after 8 recompiles torch falls back to an eager flex that stores
+    all T x T scores (out of memory at T = 64k), so ``blocked`` stays the default there
+    too; ``backend="flex"`` opts in for fixed-shape workloads.
+    """
+    if flex_supports_grad(torch.device(device)) and (head_dim is None or head_dim >= FLEX_MIN_HEAD_DIM):
+        return ("reference", "flex", "blocked")
     return ("reference", "blocked")
 
 
@@ -52,6 +62,8 @@ def sparse_attention(
     """
     if backend not in SPARSE_BACKENDS:
         raise ValueError(f"unknown sparse attention backend {backend!r}; known: {sorted(SPARSE_BACKENDS)}")
-    if block_size is not None and backend != "reference":
+    # flex tiles stay at its kernels' own block (128): a pattern's finer blocks are exact
+    # through mask_mod inside partial tiles, while tiles the kernel cannot split fail to lower
+    if block_size is not None and backend == "blocked":
         kwargs["block_size"] = block_size
     return SPARSE_BACKENDS[backend](q, k, v, pattern, **kwargs)
