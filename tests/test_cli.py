@@ -13,7 +13,7 @@ from longarena.cli import app
 runner = CliRunner()
 
 
-@pytest.mark.parametrize("command", [[], ["list"], ["train"], ["arena"], ["bench"], ["extend"], ["data"], ["data", "show"], ["data", "make"], ["version"]])
+@pytest.mark.parametrize("command", [[], ["list"], ["train"], ["arena"], ["bench"], ["extend"], ["data"], ["data", "show"], ["data", "make"], ["eval"], ["version"]])
 def test_every_command_has_help(command):
     result = runner.invoke(app, command + ["--help"])
     assert result.exit_code == 0, result.output
@@ -75,3 +75,19 @@ def test_extend_patches_and_saves_a_tiny_llama(tmp_path):
     bad = runner.invoke(app, ["extend", "--model", str(tmp_path / "tiny"), "--method", "stretch",
                               "--factor", "4", "--out", str(tmp_path / "x")])
     assert bad.exit_code == 2 and "yarn" in bad.output
+
+
+def test_eval_runs_on_a_longarena_checkpoint(tmp_path):
+    trained = runner.invoke(app, [
+        "train", "--steps", "1", "--batch-size", "4", "--d-model", "16", "--layers", "1",
+        "--task-config", "n_train=8", "--task-config", "n_validation=4", "--task-config", "vocab_size=256",
+        "--mixer-config", "attention.n_heads=2", "--out", str(tmp_path / "ck"),
+    ])
+    assert trained.exit_code == 0, trained.output
+    # a byte-level vocabulary, so the evals' byte tokenizer fits the checkpoint
+    result = runner.invoke(app, ["eval", "induction", "--model", str(tmp_path / "ck"), "--out", str(tmp_path / "run"),
+                                 "--set", "seq_len=8", "--set", "batch=2"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert any(p.suffix == ".json" for p in (tmp_path / "run").iterdir())
+    bad = runner.invoke(app, ["eval", "nope"])
+    assert bad.exit_code == 2 and "known evals" in bad.output

@@ -265,6 +265,32 @@ def data_make(
     console.print(table)
 
 
+@app.command("eval")
+def eval_(
+    name: Annotated[str, typer.Argument(help="niah, passkey, lost-in-middle, ppl, lambada, longbench or induction")],
+    model: Annotated[str, typer.Option(help="'smollm2' (offline SmolLM2-135M), a transformers folder or a LongArena checkpoint")] = "smollm2",
+    extend: Annotated[Optional[str], typer.Option(help="patch the model first, e.g. yarn:4 or linear:2")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="run folder (default runs/eval-NAME-<time>)")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="runner argument, key=value with JSON values, e.g. lengths=[1024,2048]")] = None,
+) -> None:
+    """Evaluate how a model uses long context; writes JSON and plots to a run folder."""
+    from longarena.evals import cli_support as cs
+
+    if name not in cs.EVALS:
+        _fail(f"unknown eval {name!r}; known evals: {', '.join(cs.EVALS)}")
+    try:
+        # runners take the spec itself (ppl reloads it per extension method) unless it is patched here
+        target = cs.load_model(model, extend=extend) if extend else model
+        run_dir = out if out is not None else cs.new_run_dir(name)
+        with cs.rich_progress(name) as progress:
+            result = cs.EVALS[name](target, run_dir, progress=progress, **_parse_pairs(set_, "--set"))
+    except (ValueError, FileNotFoundError, ImportError, TypeError) as exc:
+        _fail(str(exc))
+    console.print_json(json.dumps(result["summary"], default=str))
+    for label, path in result["files"].items():
+        console.print(f"{label}: {path}")
+
+
 def main() -> None:
     app()
 

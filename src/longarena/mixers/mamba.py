@@ -82,6 +82,10 @@ class MambaState:
     ssm: Tensor
 
 
+#: chunks this short run the plain-loop scan under backend="auto" (see _forward)
+SHORT_SEQUENCE = 64
+
+
 @register("mamba")
 class Mamba(KeepFP32Params, Mixer):
     """Mamba: selective SSM (input-dependent dt, B, C) with a short causal conv and SiLU gate."""
@@ -155,6 +159,11 @@ class Mamba(KeepFP32Params, Mixer):
             dt = dt * mask[..., None]
         a = -torch.exp(self.A_log.float())  # (E, N)
         backend = self.resolve_backend(x.device)
+        if self.backend == "auto" and xc.shape[1] <= SHORT_SEQUENCE:
+            # short chunks: the loop's per-step tensors stay in cache while the blocked path's
+            # workspace does not (CPU, d_model 64, batch 128: T = 15 fwd+bwd 42 vs 114 ms,
+            # T = 64 177 vs 656 ms; at T = 1024, batch 1 the chunked path is 2.2x faster)
+            backend = "reference"
         y, h = selective_scan(xc, dt, a, b, c, self.D, state.ssm, backend=backend)
         out = self.out_proj(y * F.silu(z))
         new_conv = conv_in[..., conv_in.shape[-1] - (k - 1) :]  # the last k-1 inputs

@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -78,6 +79,8 @@ def extend(model: nn.Module, method: str, factor: float, **params: Any) -> nn.Mo
 
 
 def _is_hf_model(model: nn.Module) -> bool:
+    if "transformers" not in sys.modules:  # a transformers model implies it is imported
+        return False
     try:
         from transformers import PreTrainedModel
     except ImportError:
