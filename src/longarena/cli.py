@@ -287,8 +287,9 @@ def eval_(
     except (ValueError, FileNotFoundError, ImportError, TypeError) as exc:
         _fail(str(exc))
     console.print_json(json.dumps(result["summary"], default=str))
-    for label, path in result["files"].items():
-        console.print(f"{label}: {path}")
+    files = result["files"]
+    for path in files.values() if isinstance(files, dict) else files:
+        console.print(f"wrote {path}")
 
 
 def main() -> None:
