@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import math
 import os
@@ -81,6 +82,31 @@ def require_file(path: str | os.PathLike, what: str, hint: str) -> Path:
     if not path.exists():
         raise EvalError(f"{what} not found at {path}; {hint}")
     return path
+
+
+def read_jsonl(path: Path, required: tuple[str, ...], limit: int | None = None) -> list[dict[str, Any]]:
+    """The JSON objects of a JSONL file (``.gz`` read through gzip), blank lines skipped.
+
+    A line that is not JSON, or lacks one of the ``required`` fields, raises ``EvalError``
+    naming the file and line; at most ``limit`` rows are read.
+    """
+    opener = gzip.open if path.name.endswith(".gz") else open
+    rows: list[dict[str, Any]] = []
+    with opener(path, "rt", encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise EvalError(f"{path}:{line_no}: not JSON ({exc.msg})") from exc
+            missing = [k for k in required if k not in row]
+            if missing:
+                raise EvalError(f"{path}:{line_no}: missing field(s) {missing}; expected {', '.join(required)}")
+            rows.append(row)
+            if limit is not None and len(rows) >= limit:
+                break
+    return rows
 
 
 def answer_budget(adapter: Adapter, answers: list[str], requested: int | None) -> int:

@@ -21,7 +21,6 @@ passage count, code edit similarity.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -29,7 +28,7 @@ from typing import Any
 
 from longarena.evals import metrics
 from longarena.evals.adapter import Adapter, EvalError
-from longarena.evals.common import Progress, tick, write_json
+from longarena.evals.common import Progress, read_jsonl, tick, write_json
 
 _QA = "Read the text below and answer the question with as few words as possible.\n\n{context}\n\nQuestion: {input}\nAnswer:"
 _QA_ZH = "阅读以下文字并用尽量简短的话回答问题。\n\n{context}\n\n问题：{input}\n回答："
@@ -121,21 +120,7 @@ def load_task(folder: str | os.PathLike, dataset: str, limit: int | None = None)
     if not path.is_file():
         present = sorted(p.stem for p in folder.glob("*.jsonl"))
         raise EvalError(f"{path} is missing; the folder holds: {', '.join(present) or 'no .jsonl files'}")
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                ex = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise EvalError(f"{path}:{line_no}: not JSON ({exc.msg})") from exc
-            missing = [k for k in ("input", "context", "answers") if k not in ex]
-            if missing:
-                raise EvalError(f"{path}:{line_no}: missing field(s) {missing}")
-            rows.append(ex)
-            if limit is not None and len(rows) >= limit:
-                break
+    rows = read_jsonl(path, ("input", "context", "answers"), limit)
     return rows
 
 

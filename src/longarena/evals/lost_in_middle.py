@@ -16,8 +16,6 @@ the normalised output (``metrics.substring_match``).
 from __future__ import annotations
 
 import dataclasses
-import gzip
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,6 +29,7 @@ from longarena.evals.common import (
     beyond_context,
     check_policy,
     pyplot,
+    read_jsonl,
     require_file,
     tick,
     write_json,
@@ -150,22 +149,7 @@ def load_qa(path: str | os.PathLike) -> list[dict[str, Any]]:
     path = require_file(
         path, "multi-document QA file", "give the path of a JSONL file in the Lost in the Middle format"
     )
-    opener = gzip.open if path.name.endswith(".gz") else open
-    examples = []
-    with opener(path, "rt", encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                ex = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise EvalError(f"{path}:{line_no}: not JSON ({exc.msg})") from exc
-            missing = [k for k in ("question", "answers", "ctxs") if k not in ex]
-            if missing:
-                raise EvalError(
-                    f"{path}:{line_no}: missing field(s) {missing}; expected question, answers, ctxs"
-                )
-            examples.append(ex)
+    examples = read_jsonl(path, ("question", "answers", "ctxs"))
     if not examples:
         raise EvalError(f"{path} holds no examples")
     return examples

@@ -13,7 +13,7 @@ from torch import Tensor
 
 from longarena import positions
 from longarena.config import ConfigError
-from longarena.mixers.base import Mixer, MixerConfig, MixerInputError
+from longarena.mixers.base import Mixer, MixerConfig, MixerInputError, check_heads
 from longarena.ops.attention.patterns import Pattern
 from longarena.ops.attention.sparse import sparse_attention, sparse_backends_for
 
@@ -31,10 +31,7 @@ class SparseAttentionConfig(MixerConfig):
 
     def validate(self) -> None:
         super().validate()
-        if not isinstance(self.n_heads, int) or self.n_heads <= 0 or self.d_model % self.n_heads:
-            raise ConfigError(
-                f"d_model ({self.d_model}) must be a positive multiple of n_heads ({self.n_heads})"
-            )
+        check_heads(self.d_model, self.n_heads)
         if not isinstance(self.block_size, int) or self.block_size < 1:
             raise ConfigError(f"block_size must be an int >= 1, got {self.block_size!r}")
 

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from longarena import positions
 from longarena.config import ConfigError
 from longarena.mixers import register
-from longarena.mixers.base import Mixer, MixerConfig
+from longarena.mixers.base import Mixer, MixerConfig, check_heads
 from longarena.ops.attention import attention
 
 
@@ -32,8 +32,7 @@ class AttentionConfig(MixerConfig):
 
     def validate(self) -> None:
         super().validate()
-        if self.n_heads <= 0 or self.d_model % self.n_heads:
-            raise ConfigError(f"d_model ({self.d_model}) must be a positive multiple of n_heads ({self.n_heads})")
+        check_heads(self.d_model, self.n_heads)
         kv = self.n_heads if self.n_kv_heads is None else self.n_kv_heads
         if kv <= 0 or self.n_heads % kv:
             raise ConfigError(f"n_heads ({self.n_heads}) must be a multiple of n_kv_heads ({kv})")

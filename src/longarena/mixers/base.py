@@ -40,6 +40,12 @@ class MixerConfig(Config):
             raise ConfigError(f"d_model must be a positive int, got {self.d_model!r}")
 
 
+def check_heads(d_model: int, n_heads: int) -> None:
+    """Raise ``ConfigError`` unless ``n_heads`` is a positive int dividing ``d_model``."""
+    if not isinstance(n_heads, int) or n_heads <= 0 or d_model % n_heads:
+        raise ConfigError(f"d_model ({d_model}) must be a positive multiple of n_heads ({n_heads})")
+
+
 class Mixer(nn.Module):
     """Base class of all sequence mixers (see the module docstring for the protocol)."""
 

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from longarena.config import ConfigError
 from longarena.mixers import register
-from longarena.mixers.base import Mixer, MixerConfig, MixerInputError
+from longarena.mixers.base import Mixer, MixerConfig, MixerInputError, check_heads
 from longarena.ops.attention import attention
 
 SHARING = ("none", "headwise", "kv")
@@ -48,8 +48,7 @@ class LinformerConfig(MixerConfig):
 
     def validate(self) -> None:
         super().validate()
-        if self.n_heads <= 0 or self.d_model % self.n_heads:
-            raise ConfigError(f"d_model ({self.d_model}) must be a positive multiple of n_heads ({self.n_heads})")
+        check_heads(self.d_model, self.n_heads)
         if self.proj_len <= 0:
             raise ConfigError(f"proj_len (the projected length k) must be positive, got {self.proj_len}")
         if self.max_len <= 0:

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from longarena.config import ConfigError
 from longarena.mixers import register
-from longarena.mixers.base import Mixer, MixerConfig
+from longarena.mixers.base import Mixer, MixerConfig, check_heads
 from longarena.ops.attention.patterns import KeyRange, SlidingWindow
 from longarena.ops.attention.sparse import sparse_attention, sparse_backends_for
 
@@ -52,10 +52,7 @@ class LongT5Config(MixerConfig):
 
     def validate(self) -> None:
         super().validate()
-        if not isinstance(self.n_heads, int) or self.n_heads <= 0 or self.d_model % self.n_heads:
-            raise ConfigError(
-                f"d_model ({self.d_model}) must be a positive multiple of n_heads ({self.n_heads})"
-            )
+        check_heads(self.d_model, self.n_heads)
         if not isinstance(self.local_radius, int) or self.local_radius < 0:
             raise ConfigError(f"local_radius must be an int >= 0, got {self.local_radius!r}")
         for name in ("global_block_size", "block_size", "max_distance"):

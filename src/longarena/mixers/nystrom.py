@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from longarena.config import ConfigError
 from longarena.mixers import register
-from longarena.mixers.base import Mixer, MixerConfig, MixerInputError
+from longarena.mixers.base import Mixer, MixerConfig, MixerInputError, check_heads
 from longarena.ops.attention import attention
 
 
@@ -46,8 +46,7 @@ class NystromConfig(MixerConfig):
 
     def validate(self) -> None:
         super().validate()
-        if self.n_heads <= 0 or self.d_model % self.n_heads:
-            raise ConfigError(f"d_model ({self.d_model}) must be a positive multiple of n_heads ({self.n_heads})")
+        check_heads(self.d_model, self.n_heads)
         if self.n_landmarks <= 0:
             raise ConfigError(f"n_landmarks must be positive, got {self.n_landmarks}")
         if self.pinv_iterations <= 0:

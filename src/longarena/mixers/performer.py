@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from longarena.config import ConfigError
 from longarena.mixers import register
-from longarena.mixers.base import Mixer, MixerConfig
+from longarena.mixers.base import Mixer, MixerConfig, check_heads
 from longarena.ops.linear_attn.favor import (
     KERNELS,
     favor_features,
@@ -47,8 +47,7 @@ class PerformerConfig(MixerConfig):
 
     def validate(self) -> None:
         super().validate()
-        if self.n_heads <= 0 or self.d_model % self.n_heads:
-            raise ConfigError(f"d_model ({self.d_model}) must be a positive multiple of n_heads ({self.n_heads})")
+        check_heads(self.d_model, self.n_heads)
         if not isinstance(self.n_features, int) or self.n_features <= 0:
             raise ConfigError(f"n_features must be a positive int (random features per head), got {self.n_features!r}")
         if self.kernel not in KERNELS:

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from longarena.config import ConfigError
 from longarena.mixers import register
-from longarena.mixers.base import Mixer, MixerConfig
+from longarena.mixers.base import Mixer, MixerConfig, check_heads
 from longarena.ops.linear_attn.retention import default_gammas, retention, retention_step
 from longarena.positions.rope import apply_rotary
 
@@ -50,8 +50,7 @@ class RetNetConfig(MixerConfig):
 
     def validate(self) -> None:
         super().validate()
-        if self.n_heads <= 0 or self.d_model % self.n_heads:
-            raise ConfigError(f"d_model ({self.d_model}) must be a positive multiple of n_heads ({self.n_heads})")
+        check_heads(self.d_model, self.n_heads)
         if (self.d_model // self.n_heads) % 2:
             raise ConfigError(
                 f"the xPos rotation pairs channels, so the key width per head d_model / n_heads "

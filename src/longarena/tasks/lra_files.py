@@ -132,12 +132,8 @@ class TextConfig(FileTaskConfig):
             raise ConfigError(f"max_length must be >= 1, got {self.max_length}")
 
 
-@register("lra_text")
-class LRAText(FileTask):
-    """LRA Text: byte-level IMDB sentiment from a local aclImdb folder."""
-
-    config_class = TextConfig
-    kind = "classification"
+class _ByteTask(FileTask):
+    """Two-class tasks over documents as bytes 1..256 (0 pads), cut to ``max_length``."""
 
     @property
     def vocab_size(self) -> int:
@@ -150,6 +146,14 @@ class LRAText(FileTask):
     @property
     def seq_len(self) -> int:
         return self.config.max_length
+
+
+@register("lra_text")
+class LRAText(_ByteTask):
+    """LRA Text: byte-level IMDB sentiment from a local aclImdb folder."""
+
+    config_class = TextConfig
+    kind = "classification"
 
     def _imdb_root(self) -> Path:
         # data_dir may be the folder holding aclImdb/ or aclImdb/ itself
@@ -176,13 +180,8 @@ class LRAText(FileTask):
 
 
 @dataclasses.dataclass
-class RetrievalConfig(FileTaskConfig):
+class RetrievalConfig(TextConfig):
     max_length: int = 4000
-
-    def validate(self) -> None:
-        super().validate()
-        if self.max_length < 1:
-            raise ConfigError(f"max_length must be >= 1, got {self.max_length}")
 
 
 AAN_FILES = {
@@ -193,23 +192,11 @@ AAN_FILES = {
 
 
 @register("lra_retrieval")
-class LRARetrieval(FileTask):
+class LRARetrieval(_ByteTask):
     """LRA Retrieval: do two AAN papers (bytes) cite each other? From the LRA release TSVs."""
 
     config_class = RetrievalConfig
     kind = "retrieval"
-
-    @property
-    def vocab_size(self) -> int:
-        return 257
-
-    @property
-    def num_classes(self) -> int:
-        return 2
-
-    @property
-    def seq_len(self) -> int:
-        return self.config.max_length
 
     def read(self, split):
         paths = [self.root / name for name in AAN_FILES.values()]
