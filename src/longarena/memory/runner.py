@@ -21,12 +21,12 @@ memory replay back-propagation).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from longarena.mixers.base import map_state
 from longarena.tasks.base import IGNORE
 
 
@@ -46,19 +46,6 @@ def next_token_labels(input_ids: Tensor) -> Tensor:
     labels = torch.full_like(input_ids, IGNORE)
     labels[:, :-1] = input_ids[:, 1:]
     return labels
-
-
-def map_state(state: Any, fn: Callable[[Tensor], Tensor]) -> Any:
-    """Apply ``fn`` to every tensor of a state (dataclasses, lists, tuples, dicts, None)."""
-    if isinstance(state, Tensor):
-        return fn(state)
-    if dataclasses.is_dataclass(state) and not isinstance(state, type):
-        return dataclasses.replace(state, **{f.name: map_state(getattr(state, f.name), fn) for f in dataclasses.fields(state) if f.init})
-    if isinstance(state, (list, tuple)):
-        return type(state)(map_state(s, fn) for s in state)
-    if isinstance(state, dict):
-        return {k: map_state(v, fn) for k, v in state.items()}
-    return state
 
 
 def state_tensors(state: Any) -> list[Tensor]:

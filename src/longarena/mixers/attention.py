@@ -92,8 +92,6 @@ class Attention(Mixer):
         q = self.position.rotate(q, pos)
         k = self.position.rotate(k, pos)
 
-        if mask is not None and bool(mask.all()):
-            mask = None  # no padding: keep SDPA on its fused causal kernel
         key_mask = mask
         if state is not None:
             k = torch.cat((state.k.to(k.dtype), k), dim=2)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
 
 import torch
@@ -199,6 +199,21 @@ class KeepFP32Params(nn.Module):
             if param.dtype in LOW_PRECISION and old.dtype not in LOW_PRECISION:
                 param.data = old.to(param.device)
         return out
+
+
+def map_state(state: Any, fn: Callable[[Tensor], Tensor]) -> Any:
+    """A copy of ``state`` with ``fn`` applied to every tensor; the structure (dataclasses,
+    lists, tuples, dicts) and non-tensor leaves are kept."""
+    if isinstance(state, Tensor):
+        return fn(state)
+    if dataclasses.is_dataclass(state) and not isinstance(state, type):
+        fields = dataclasses.fields(state)
+        return dataclasses.replace(state, **{f.name: map_state(getattr(state, f.name), fn) for f in fields if f.init})
+    if isinstance(state, (list, tuple)):
+        return type(state)(map_state(s, fn) for s in state)
+    if isinstance(state, dict):
+        return {k: map_state(v, fn) for k, v in state.items()}
+    return state
 
 
 def flatten_state(state: Any) -> list[Any]:

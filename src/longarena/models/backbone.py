@@ -123,6 +123,10 @@ class Backbone(nn.Module):
     def forward(self, x: Tensor, state: list[Any] | None = None, mask: Tensor | None = None) -> tuple[Tensor, list[Any]]:
         if state is not None and len(state) != len(self.layers):
             raise ValueError(f"state has {len(state)} layer entries, the model has {len(self.layers)} layers")
+        if mask is not None and bool(mask.all()):
+            # no padding (the usual batch): checked once here rather than in every layer, it
+            # keeps attention on SDPA's fused causal kernel and spares mixers their mask work
+            mask = None
         states = []
         for i, layer in enumerate(self.layers):
             x, s = layer(x, None if state is None else state[i], mask)

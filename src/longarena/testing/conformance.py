@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from longarena.mixers.base import Mixer, MixerInputError, flatten_state
+from longarena.mixers.base import Mixer, MixerInputError, flatten_state, map_state
 
 CHECKS = ("backends", "chunked", "step", "causality", "batch", "padding", "long", "errors")
 #: largest gradient from a future input allowed, relative to the largest past one
@@ -112,17 +112,18 @@ def _compare(name: str, a: Any, b: Any, tol: float) -> list[str]:
 
 def _cast_state(state: Any, dtype: torch.dtype) -> Any:
     """A copy of a state with floating tensors cast to ``dtype`` (complex kept complex)."""
-    if isinstance(state, Tensor):
-        return state.to(dtype) if state.is_floating_point() else state
-    if dataclasses.is_dataclass(state) and not isinstance(state, type):
-        return dataclasses.replace(
-            state, **{f.name: _cast_state(getattr(state, f.name), dtype) for f in dataclasses.fields(state)}
-        )
-    if isinstance(state, dict):
-        return {k: _cast_state(v, dtype) for k, v in state.items()}
-    if isinstance(state, (list, tuple)):
-        return type(state)(_cast_state(v, dtype) for v in state)
-    return state
+    return map_state(state, lambda t: t.to(dtype) if t.is_floating_point() else t)
+
+
+def _requires_grad(state: Any) -> Any:
+    """A copy of ``state`` whose floating leaves are fresh leaves that require grad."""
+    return map_state(
+        state, lambda t: t.detach().clone().requires_grad_(True) if t.is_floating_point() or t.is_complex() else t
+    )
+
+
+def _detach(state: Any) -> Any:
+    return map_state(state, Tensor.detach)
 
 
 class _Harness:
@@ -172,35 +173,6 @@ class _Harness:
             if p.grad is not None:
                 grads[name] = p.grad
         return y.detach(), _detach(new_state), grads
-
-
-def _requires_grad(state: Any) -> Any:
-    """A copy of ``state`` whose floating leaves are fresh leaves that require grad."""
-    if isinstance(state, Tensor):
-        if state.is_floating_point() or state.is_complex():
-            return state.detach().clone().requires_grad_(True)
-        return state
-    if dataclasses.is_dataclass(state) and not isinstance(state, type):
-        return dataclasses.replace(
-            state, **{f.name: _requires_grad(getattr(state, f.name)) for f in dataclasses.fields(state)}
-        )
-    if isinstance(state, dict):
-        return {k: _requires_grad(v) for k, v in state.items()}
-    if isinstance(state, (list, tuple)):
-        return type(state)(_requires_grad(v) for v in state)
-    return state
-
-
-def _detach(state: Any) -> Any:
-    if isinstance(state, Tensor):
-        return state.detach()
-    if dataclasses.is_dataclass(state) and not isinstance(state, type):
-        return dataclasses.replace(state, **{f.name: _detach(getattr(state, f.name)) for f in dataclasses.fields(state)})
-    if isinstance(state, dict):
-        return {k: _detach(v) for k, v in state.items()}
-    if isinstance(state, (list, tuple)):
-        return type(state)(_detach(v) for v in state)
-    return state
 
 
 def _grad_problems(prefix: str, a: dict[str, Tensor], b: dict[str, Tensor], tol: float) -> list[str]:
