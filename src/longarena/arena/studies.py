@@ -1,0 +1,69 @@
+"""Arena studies: measurements a suite runs beside its training cells.
+
+A cell trains one model per mixer on a task; a *study* is any other measurement whose result
+belongs in the report: a speed/memory sweep, recall against state size, train-short-test-long
+perplexity, a needle-in-a-haystack heatmap of a real LLM. Each study kind is a function
+
+    fn(config: dict, out_dir: Path, progress: bool) -> StudyResult
+
+registered under a name with :func:`register`; it writes its PNG figures into ``out_dir`` and
+returns their file names (relative to ``out_dir``), JSON-able data for ``results.json`` and a
+markdown section body for the report.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from longarena.config import ConfigError
+
+
+@dataclasses.dataclass
+class StudyResult:
+    kind: str
+    title: str
+    #: JSON-able measurements (stored in results.json under the study)
+    data: dict[str, Any]
+    #: PNG files written into the report folder, relative to it
+    figures: list[str]
+    #: the body of the study's section in report.md (tables, a sentence on how to read them)
+    markdown: str
+    seconds: float = 0.0
+    error: str | None = None
+
+
+StudyFn = Callable[[dict[str, Any], Path, bool], StudyResult]
+STUDIES: dict[str, StudyFn] = {}
+
+
+def register(kind: str) -> Callable[[StudyFn], StudyFn]:
+    def wrap(fn: StudyFn) -> StudyFn:
+        STUDIES[kind] = fn
+        return fn
+
+    return wrap
+
+
+def names() -> list[str]:
+    return sorted(STUDIES)
+
+
+def run_study(kind: str, config: dict[str, Any], out_dir: str | Path, *, progress: bool = False) -> StudyResult:
+    """Run one study; a failure becomes a result with ``error`` set so the arena goes on."""
+    if kind not in STUDIES:
+        raise ConfigError(f"unknown study {kind!r}; known studies: {', '.join(names()) or '(none)'}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    try:
+        result = STUDIES[kind](dict(config), out, progress)
+    except Exception as exc:  # one failed study must not sink the report
+        return StudyResult(kind, kind, {"traceback": traceback.format_exc(limit=5)}, [], "",
+                           time.perf_counter() - start, f"{type(exc).__name__}: {exc}")
+    result.seconds = time.perf_counter() - start
+    return result
