@@ -1,8 +1,9 @@
-"""Training: the loop (AdamW, warmup + cosine, gradient clipping, periodic evaluation) and
-the glue that builds the right model head for a task. Later work moves it onto Hugging
-Face accelerate for multi-GPU runs.
+"""Training on Hugging Face accelerate: AdamW with warmup + cosine, gradient clipping and
+accumulation, fp32 or bf16 autocast, one device or several (``accelerate launch``), run
+folders with JSONL metrics and exact-resume checkpoints, config files and LRA presets.
 """
 
 from longarena.train.loop import TrainConfig, TrainResult, evaluate, model_for_task, train
+from longarena.train.trainer import fit
 
-__all__ = ["TrainConfig", "TrainResult", "evaluate", "model_for_task", "train"]
+__all__ = ["TrainConfig", "TrainResult", "evaluate", "fit", "model_for_task", "train"]

@@ -1,10 +1,14 @@
-"""A small, complete training loop for LongArena models on LongArena tasks."""
+"""The training configuration, the model head per task, the loss and the evaluation.
+
+``train(model, task, config)`` is the one-call entry the arena and the tests use; it runs
+``longarena.train.trainer.fit`` without a run folder. ``fit`` adds what long runs need:
+a run folder with metrics, checkpoints and exact resume.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import time
 from typing import Any
 
 import torch
@@ -16,9 +20,20 @@ from longarena.config import Config, ConfigError
 from longarena.models.backbone import ClassifierConfig, ModelConfig
 from longarena.tasks.base import IGNORE, Task
 
+PRECISIONS = ("fp32", "bf16")
+DEVICES = ("auto", "cpu", "cuda")
+
 
 @dataclasses.dataclass
 class TrainConfig(Config):
+    """Optimisation and bookkeeping of one training run.
+
+    ``batch_size`` is the number of examples per optimizer step, whatever the number of
+    processes and micro-batches: each step's batch is split into ``grad_accum``
+    micro-batches, and each micro-batch into one shard per process, so a run gives the
+    same updates on one device or several (up to float rounding).
+    """
+
     steps: int = 200
     batch_size: int = 32
     lr: float = 3e-3
@@ -28,11 +43,42 @@ class TrainConfig(Config):
     eval_every: int = 0  # 0: evaluate only at the end
     eval_batches: int = 8
     seed: int = 0
-    device: str = "cpu"
+    #: "auto" takes the accelerator's device (a GPU when there is one), "cpu" forces the CPU
+    device: str = "auto"
+    #: "bf16" autocasts the forward pass to bfloat16 (parameters and optimizer stay fp32)
+    precision: str = "fp32"
+    grad_accum: int = 1
+    eval_batch_size: int = 64
+    betas: tuple[float, ...] = (0.9, 0.98)
+    #: with a run folder: write a metrics line every ``log_every`` steps, a checkpoint every
+    #: ``checkpoint_every`` steps (and at the end), keeping the newest ``keep_checkpoints``
+    log_every: int = 1
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 1
 
     def validate(self) -> None:
         if self.steps < 0 or self.batch_size <= 0 or self.lr <= 0:
             raise ConfigError(f"need steps >= 0, batch_size > 0, lr > 0; got {self.steps}, {self.batch_size}, {self.lr}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}")
+        if self.device not in DEVICES:
+            raise ConfigError(f"device must be one of {', '.join(DEVICES)}; got {self.device!r}")
+        if self.grad_accum < 1 or self.batch_size % self.grad_accum:
+            raise ConfigError(
+                f"grad_accum must be >= 1 and divide batch_size (the examples per step); "
+                f"got grad_accum={self.grad_accum}, batch_size={self.batch_size}"
+            )
+        for name in ("warmup", "eval_every", "weight_decay", "grad_clip"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("eval_batches", "eval_batch_size", "log_every", "keep_checkpoints"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.checkpoint_every < 0:
+            raise ConfigError(f"checkpoint_every must be >= 0 (0: only at the end), got {self.checkpoint_every}")
+        self.betas = tuple(self.betas)
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ConfigError(f"betas must be two numbers in [0, 1), got {list(self.betas)}")
 
 
 @dataclasses.dataclass
@@ -63,19 +109,27 @@ def _logits(out: Any) -> Tensor:
     return out if isinstance(out, Tensor) else out.logits
 
 
-def _run(model: nn.Module, batch: dict[str, Tensor], kind: str) -> tuple[Tensor, Tensor, Tensor]:
-    """Loss, number correct and number scored for one batch.
+def scored_count(batch: dict[str, Tensor], kind: str) -> int:
+    """How many targets a batch scores: labelled tokens for LMs, sequences otherwise."""
+    if kind == "lm":
+        return int((batch["labels"] != IGNORE).sum())
+    return int(batch["label"].numel())
 
-    The loss is computed here from the logits, so any model with the head's call signature
-    trains the same way (a LongArena backbone head, a Perceiver, a user's model).
+
+def loss_sum(model: nn.Module, batch: dict[str, Tensor], kind: str) -> tuple[Tensor, Tensor, int]:
+    """Summed cross-entropy over the batch's scored targets, number correct, number scored.
+
+    A sum rather than a mean, so micro-batches and process shards of one step add up to
+    exactly the loss of the whole batch once divided by the step's total scored count.
+    The loss is computed here from the logits, so any model with the head's call
+    signature trains the same way (a LongArena backbone head, a Perceiver, a user's model).
     """
     if kind == "lm":
         logits = _logits(model(batch["input_ids"], attention_mask=batch["attention_mask"]))  # (B, T, V)
         labels = batch["labels"]
-        loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE)
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE, reduction="sum")
         scored = labels != IGNORE
-        correct = ((logits.argmax(-1) == labels) & scored).sum()
-        return loss, correct, scored.sum()
+        return loss, ((logits.argmax(-1) == labels) & scored).sum(), int(scored.sum())
     if kind == "classification":
         logits = _logits(model(batch["input_ids"], attention_mask=batch["attention_mask"]))  # (B, C)
     else:
@@ -83,93 +137,72 @@ def _run(model: nn.Module, batch: dict[str, Tensor], kind: str) -> tuple[Tensor,
             batch["input_ids"], batch["input_ids_2"], attention_mask=batch["attention_mask"],
             attention_mask_2=batch["attention_mask_2"],
         ))
-    loss = F.cross_entropy(logits.float(), batch["label"])
-    correct = (logits.argmax(-1) == batch["label"]).sum()
-    return loss, correct, torch.tensor(batch["label"].numel())
+    loss = F.cross_entropy(logits.float(), batch["label"], reduction="sum")
+    return loss, (logits.argmax(-1) == batch["label"]).sum(), int(batch["label"].numel())
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, task: Task, split: str = "validation", *, batch_size: int = 64, max_batches: int | None = None, device: str = "cpu") -> dict[str, float]:
-    """Mean loss and accuracy (scored tokens for LMs, sequences for classifiers) on a split."""
+def evaluate(
+    model: nn.Module,
+    task: Task,
+    split: str = "validation",
+    *,
+    batch_size: int = 64,
+    max_batches: int | None = None,
+    device: str | torch.device = "cpu",
+    accelerator: Any = None,
+) -> dict[str, float]:
+    """Mean per-batch loss and accuracy (scored tokens for LMs, sequences for classifiers).
+
+    With an ``accelerator`` of several processes, process ``r`` scores batches ``r, r + P,
+    ...`` and the sums are reduced, so the result equals a single process's.
+    """
     was_training = model.training
     model.eval()
-    total_loss, correct, scored, batches = 0.0, 0, 0, 0
+    rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
+    if accelerator is not None:
+        device = accelerator.device
+    sums = torch.zeros(4, dtype=torch.float64)  # loss of each batch, correct, scored, batches
     for i, batch in enumerate(task.loader(split, batch_size, shuffle=False)):
         if max_batches is not None and i >= max_batches:
             break
+        if i % world != rank:
+            continue
         batch = {k: v.to(device) for k, v in batch.items()}
-        loss, c, n = _run(model, batch, task.kind)
-        total_loss += loss.item()
-        correct += int(c)
-        scored += int(n)
-        batches += 1
+        loss, correct, scored = loss_sum(model, batch, task.kind)
+        sums += torch.tensor([loss.item() / max(scored, 1), int(correct), scored, 1], dtype=torch.float64)
     model.train(was_training)
+    if accelerator is not None and world > 1:
+        sums = accelerator.reduce(sums.to(accelerator.device), reduction="sum").cpu()
+    total_loss, correct, scored, batches = sums.tolist()
     if batches == 0:
         raise ValueError(f"split {split!r} of {task!r} is empty; nothing to evaluate")
     return {"loss": total_loss / batches, "accuracy": correct / max(scored, 1)}
 
 
-def _lr_at(step: int, config: TrainConfig) -> float:
+def lr_at(step: int, config: TrainConfig) -> float:
+    """Linear warmup over ``warmup`` steps, then cosine decay to zero at ``steps``."""
     if step < config.warmup:
         return config.lr * (step + 1) / config.warmup
     progress = (step - config.warmup) / max(1, config.steps - config.warmup)
     return config.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
+_lr_at = lr_at
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups: matrices decay; norms, biases and embeddings (1-D or named embed) do not."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (decay if p.dim() >= 2 and "embed" not in name else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
 def train(model: nn.Module, task: Task, config: TrainConfig | None = None, *, progress: bool = False, description: str = "train") -> TrainResult:
     """Train ``model`` on ``task`` for ``config.steps`` steps; evaluate on the validation split."""
-    config = config or TrainConfig()
-    torch.manual_seed(config.seed)
-    device = torch.device(config.device)
-    model.to(device).train()
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "embed" not in n]
-    no_decay = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "embed" not in n)]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=config.lr, betas=(0.9, 0.98),
-    )
-    history: list[dict[str, float]] = []
-    start = time.perf_counter()
-    step, epoch = 0, 0
-    bar = _progress(progress)
-    task_id = bar.add_task(description, total=config.steps) if bar else None
-    try:
-        while step < config.steps:
-            for batch in task.loader("train", config.batch_size, seed=config.seed + epoch):
-                if step >= config.steps:
-                    break
-                for group in optimizer.param_groups:
-                    group["lr"] = _lr_at(step, config)
-                batch = {k: v.to(device) for k, v in batch.items()}
-                loss, _, _ = _run(model, batch, task.kind)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"loss became {loss.item()} at step {step}; lower the learning rate (now {config.lr})")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if config.grad_clip:
-                    nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-                optimizer.step()
-                step += 1
-                record = {"step": step, "loss": loss.item()}
-                if config.eval_every and step % config.eval_every == 0 and step < config.steps:
-                    record.update({f"val_{k}": v for k, v in evaluate(model, task, max_batches=config.eval_batches, device=device).items()})
-                history.append(record)
-                if bar:
-                    bar.update(task_id, advance=1, description=f"{description} loss {loss.item():.3f}")
-            epoch += 1
-    finally:
-        if bar:
-            bar.stop()
-    final = evaluate(model, task, max_batches=config.eval_batches, device=device)
-    params = sum(p.numel() for p in model.parameters())
-    return TrainResult(history=history, final=final, seconds=time.perf_counter() - start, parameters=params)
+    from longarena.train.trainer import fit
 
-
-def _progress(enabled: bool):
-    if not enabled:
-        return None
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), transient=True)
-    bar.start()
-    return bar
+    return fit(model, task, config or TrainConfig(), progress=progress, description=description)

@@ -1,0 +1,405 @@
+"""The training loop on Hugging Face accelerate: one device or several, fp32 or bf16,
+gradient accumulation, a run folder with metrics and checkpoints, and exact resume.
+
+Data: each epoch is one seeded permutation of the training split, cut into batches of
+``batch_size`` examples (a last partial batch is dropped, so every step sees the same
+number of examples). A step's batch is split into ``grad_accum`` micro-batches and each
+micro-batch into one shard per process: process ``r`` of ``P`` takes the ``r``-th
+contiguous slice. The batches are built from indices, so resuming at batch ``b`` of an
+epoch costs one permutation, not ``b`` collates, and the loader of ``accelerate`` (whose
+sharding depends on the process count) is not needed.
+
+Loss: each micro-batch contributes its summed loss divided by the step's scored count
+(all processes, all micro-batches), times ``P`` because DDP averages gradients over
+processes. The gradient of a step is then exactly the gradient of the mean loss over the
+whole batch, whatever ``grad_accum`` and ``P`` are.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+from torch import Tensor, nn
+
+import longarena
+from longarena import models
+from longarena.config import ConfigError
+from longarena.tasks.base import Task
+from longarena.train import checkpoint
+from longarena.train.checkpoint import ResumeError
+from longarena.train.configfile import FORMAT_VERSION, changed_keys, resume_conflicts
+from longarena.train.loop import TrainConfig, TrainResult, evaluate, loss_sum, lr_at, param_groups, scored_count
+
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.jsonl"
+RESULTS_FILE = "results.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+def make_accelerator(config: TrainConfig):
+    """An ``Accelerator`` for ``config``'s device and precision.
+
+    accelerate keeps its state in process-wide singletons that refuse a second, different
+    setting; the arena trains many models in one process, some in fp32 and some in bf16,
+    so a single-process state of another precision or device is reset first. Under
+    ``accelerate launch`` the process group is kept and only the precision may change.
+    """
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, PartialState
+
+    if config.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device is 'cuda' but no CUDA GPU is visible; use 'auto' or 'cpu'")
+    mixed = "bf16" if config.precision == "bf16" else "no"
+    cpu = config.device == "cpu"
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    partial = PartialState._shared_state
+    if partial and not distributed:
+        on_cpu = getattr(partial.get("device"), "type", "cpu") == "cpu"
+        if on_cpu != (cpu or not torch.cuda.is_available()):
+            AcceleratorState._reset_state(reset_partial_state=True)
+    shared = AcceleratorState._shared_state
+    if shared and shared.get("_mixed_precision") != mixed:
+        AcceleratorState._reset_state()
+    return Accelerator(mixed_precision=mixed, cpu=cpu)
+
+
+def epoch_batches(n: int, batch_size: int, seed: int, epoch: int) -> Tensor:
+    """Example indices of every full batch of an epoch: (n // batch_size, batch_size)."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch))
+    per_epoch = n // batch_size
+    return order[: per_epoch * batch_size].view(per_epoch, batch_size)
+
+
+def _tokens(batch: dict[str, Tensor]) -> int:
+    return sum(int(v.sum()) for k, v in batch.items() if k.startswith("attention_mask"))
+
+
+class RunFolder:
+    """``config.json``, ``metrics.jsonl``, checkpoints and final weights of one run.
+
+    Every process reads; only the main process writes.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, main: bool, tensorboard: bool = False) -> None:
+        self.path = Path(path)
+        self.main = main
+        self._metrics = None
+        self._tb = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as exc:
+                raise ConfigError(
+                    f"--tensorboard needs the tensorboard package ({exc}); install it with "
+                    "`pip install tensorboard`, or drop the flag (metrics.jsonl has the same numbers)"
+                ) from exc
+            self._tb_class = SummaryWriter
+        self.tensorboard = tensorboard
+
+    def saved(self) -> dict[str, Any] | None:
+        path = self.path / CONFIG_FILE
+        if not path.is_file():
+            return None
+        try:
+            return json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise ResumeError(f"{path} is not valid JSON ({exc.msg}); this run folder cannot be resumed") from exc
+
+    def check(self, run_config: dict[str, Any], resume: bool) -> list[str]:
+        """Refuse what cannot work before anything is written; returns changed keys on resume."""
+        saved = self.saved()
+        if not resume:
+            if saved is not None or (self.path / METRICS_FILE).exists():
+                raise ResumeError(
+                    f"{self.path} already holds a run; pass --resume to continue it, or choose a new --out"
+                )
+            return []
+        if saved is None:
+            raise ResumeError(f"nothing to resume in {self.path}: it has no {CONFIG_FILE}")
+        version = saved.get("format_version")
+        if version != FORMAT_VERSION:
+            found = "no format_version (written before run folders were versioned)" if version is None else f"format_version {version}"
+            raise ResumeError(
+                f"{self.path} has {found}; this LongArena reads format_version {FORMAT_VERSION}. "
+                f"Start a new run folder; the old weights can still be loaded with longarena.models.checkpoint.load"
+            )
+        conflicts = resume_conflicts(saved.get("run", {}), run_config)
+        if conflicts:
+            detail = ", ".join(f"{k} ({_get(saved.get('run', {}), k)!r} -> {_get(run_config, k)!r})" for k in conflicts)
+            raise ResumeError(f"cannot resume {self.path} with a different {detail}; these keys must match the saved run")
+        return changed_keys(saved.get("run", {}), run_config)
+
+    def start(self, meta: dict[str, Any], resume_step: int | None) -> None:
+        if not self.main:
+            return
+        self.path.mkdir(parents=True, exist_ok=True)
+        _atomic_text(self.path / CONFIG_FILE, json.dumps(meta, indent=2))
+        metrics = self.path / METRICS_FILE
+        if resume_step is not None and metrics.exists():
+            # lines written after the checkpoint by the killed run are replayed by this one
+            kept = [line for line in metrics.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= resume_step]
+            _atomic_text(metrics, "".join(line + "\n" for line in kept))
+        elif resume_step is None and metrics.exists():
+            metrics.unlink()
+        self._metrics = metrics.open("a")
+        if self.tensorboard:
+            self._tb = self._tb_class(str(self.path / "tensorboard"))
+
+    def log(self, record: dict[str, Any]) -> None:
+        if self._metrics is None:
+            return
+        self._metrics.write(json.dumps(record) + "\n")
+        self._metrics.flush()
+        if self._tb is not None:
+            for key, value in record.items():
+                if key != "step" and isinstance(value, (int, float)):
+                    self._tb.add_scalar(key, value, record["step"])
+
+    def finish(self, model: nn.Module, results: dict[str, Any]) -> None:
+        if not self.main:
+            return
+        tmp = self.path / f".{WEIGHTS_FILE}.tmp"
+        save_file(checkpoint.tensors_for_saving(model.state_dict()), str(tmp))
+        os.replace(tmp, self.path / WEIGHTS_FILE)
+        _atomic_text(self.path / RESULTS_FILE, json.dumps(results, indent=2))
+
+    def close(self) -> None:
+        if self._metrics is not None:
+            self._metrics.close()
+            self._metrics = None
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+
+
+def _get(tree: dict[str, Any], dotted: str) -> Any:
+    node: Any = tree
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _registry_name(model: nn.Module) -> str | None:
+    for name in models.names():
+        if type(model) is models.REGISTRY.factory(name):
+            return name
+    return None
+
+
+def _meta(model: nn.Module, run_config: dict[str, Any]) -> dict[str, Any]:
+    """``config.json``: the run, and the model's registry name and config, so the run folder
+    is also a model checkpoint that ``longarena.models.checkpoint.load`` and ``eval`` read."""
+    meta: dict[str, Any] = {"format_version": FORMAT_VERSION, "longarena_version": longarena.__version__}
+    name = _registry_name(model)
+    if name is not None and hasattr(model, "config"):
+        meta["model"] = name
+        meta["config"] = model.config.to_dict()
+    meta["run"] = run_config
+    return meta
+
+
+def _default_run_config(model: nn.Module, task: Task, config: TrainConfig) -> dict[str, Any]:
+    model_fields = model.config.to_dict() if hasattr(model, "config") and hasattr(model.config, "to_dict") else {}
+    for key in ("vocab_size", "num_classes"):
+        model_fields.pop(key, None)
+    return {"task": task.registry_name or type(task).__name__, "task_config": task.config.to_dict(), "model": model_fields, "train": config.to_dict()}
+
+
+def fit(
+    model: nn.Module,
+    task: Task,
+    config: TrainConfig,
+    *,
+    run_dir: str | os.PathLike | None = None,
+    resume: bool = False,
+    run_config: dict[str, Any] | None = None,
+    progress: bool = False,
+    description: str = "train",
+    tensorboard: bool = False,
+    console: Any = None,
+) -> TrainResult:
+    """Train ``model`` on ``task``; with ``run_dir``, log, checkpoint and (``resume``) continue.
+
+    ``run_config`` is the resolved run (``configfile.resolve(...).raw``) recorded in
+    ``config.json`` and compared on resume; by default it is derived from the arguments.
+    """
+    acc = make_accelerator(config)
+    rank, world = acc.process_index, acc.num_processes
+    micro = config.batch_size // config.grad_accum
+    if micro % world:
+        raise ConfigError(
+            f"each micro-batch ({config.batch_size} examples / grad_accum {config.grad_accum} = {micro}) must split "
+            f"evenly over the {world} processes; choose a batch_size divisible by {config.grad_accum * world}"
+        )
+    local = micro // world
+    data = task.split("train")
+    per_epoch = len(data) // config.batch_size
+    if per_epoch == 0 and config.steps > 0:
+        raise ConfigError(f"batch_size {config.batch_size} is larger than the {len(data)} training examples of {task!r}")
+
+    run = RunFolder(run_dir, main=acc.is_main_process, tensorboard=tensorboard) if run_dir is not None else None
+    run_config = run_config or _default_run_config(model, task, config)
+    changed = run.check(run_config, resume) if run else []
+    if changed and console is not None and acc.is_main_process:
+        console.print(f"resuming with changed settings: {', '.join(changed)}")
+
+    model.to(acc.device).train()
+    ckpt_path = checkpoint.latest(run.path) if run is not None and resume else None
+    state = checkpoint.load(ckpt_path, rank) if ckpt_path is not None else None
+    if state is not None:
+        model.load_state_dict(state["model"])
+    optimizer = torch.optim.AdamW(param_groups(model, config.weight_decay), lr=config.lr, betas=tuple(config.betas))
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        # the current config, not the saved groups, sets decay and betas (the schedule sets lr);
+        # group 0 is the decayed one (param_groups)
+        optimizer.param_groups[0]["weight_decay"] = config.weight_decay
+        for group in optimizer.param_groups:
+            group["betas"] = tuple(config.betas)
+        checkpoint.set_rng_state(state["rng"])
+        position = state["position"]
+        step, epoch, batch_index = int(position["step"]), int(position["epoch"]), int(position["batch"])
+    else:
+        torch.manual_seed(config.seed)
+        step, epoch, batch_index = 0, 0, 0
+    acc.wait_for_everyone()
+    if run is not None:
+        run.start(_meta(model, run_config), step if resume else None)
+        if acc.is_main_process:
+            checkpoint.clean_partial(run.path)
+    model, optimizer = acc.prepare(model, optimizer)
+    raw_model = acc.unwrap_model(model)
+
+    history: list[dict[str, Any]] = []
+    start_time = time.perf_counter()
+    bar = _progress(progress and acc.is_main_process)
+    bar_task = bar.add_task(description, total=config.steps, completed=step) if bar else None
+    optimizer.zero_grad(set_to_none=True)
+    try:
+        while step < config.steps:
+            plan = epoch_batches(len(data), config.batch_size, config.seed, epoch)
+            while batch_index < per_epoch and step < config.steps:
+                tick = time.perf_counter()
+                shards = plan[batch_index].view(config.grad_accum, world, local)[:, rank]  # (A, B / (A P))
+                micro_batches = [task.collate([data[i] for i in shard.tolist()]) for shard in shards]
+                lr = lr_at(step, config)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                loss_value, tokens = accumulate_gradients(model, micro_batches, task.kind, acc)
+                if not math.isfinite(loss_value):
+                    raise FloatingPointError(f"loss became {loss_value} at step {step}; lower the learning rate (now {config.lr})")
+                if config.grad_clip:
+                    acc.clip_grad_norm_(model.parameters(), config.grad_clip)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                batch_index += 1
+                seconds = max(time.perf_counter() - tick, 1e-9)
+                record: dict[str, Any] = {
+                    "step": step, "epoch": epoch, "loss": loss_value, "lr": lr,
+                    "examples_per_s": config.batch_size / seconds, "tokens_per_s": tokens / seconds,
+                }
+                evaluated = config.eval_every and step % config.eval_every == 0 and step < config.steps
+                if evaluated:
+                    metrics = evaluate(raw_model, task, batch_size=config.eval_batch_size, max_batches=config.eval_batches, accelerator=acc)
+                    record.update({f"val_{k}": v for k, v in metrics.items()})
+                history.append(record)
+                if run is not None and (evaluated or step % config.log_every == 0):
+                    run.log(record)
+                if run is not None and config.checkpoint_every and step % config.checkpoint_every == 0 and step < config.steps:
+                    _save_checkpoint(acc, run, raw_model, optimizer, config, step, epoch, batch_index)
+                if bar:
+                    bar.update(bar_task, advance=1, description=f"{description} loss {loss_value:.3f}")
+            if batch_index >= per_epoch:
+                epoch, batch_index = epoch + 1, 0
+        if bar:
+            bar.stop()
+            bar = None
+        final = evaluate(raw_model, task, batch_size=config.eval_batch_size, max_batches=config.eval_batches, accelerator=acc)
+        seconds = time.perf_counter() - start_time
+        params = sum(p.numel() for p in raw_model.parameters())
+        if run is not None:
+            _save_checkpoint(acc, run, raw_model, optimizer, config, step, epoch, batch_index)
+            run.log({"step": step, "final": True, **{f"val_{k}": v for k, v in final.items()}})
+            run.finish(raw_model, {"step": step, "parameters": params, "seconds": seconds, **{f"val_{k}": v for k, v in final.items()}})
+            acc.wait_for_everyone()
+    finally:
+        if bar:
+            bar.stop()
+        if run is not None:
+            run.close()
+        # leave the caller's model as it was given: no DDP wrapper, no autocast patch
+        acc.unwrap_model(model, keep_fp32_wrapper=False)
+    return TrainResult(history=history, final=final, seconds=seconds, parameters=params)
+
+
+def accumulate_gradients(model: nn.Module, micro_batches: list[dict[str, Tensor]], kind: str, accelerator: Any = None) -> tuple[float, float]:
+    """Backward over one step's micro-batches (this process's shards); returns the mean loss
+    over the whole step's batch (every process) and its number of real tokens.
+
+    Each micro-batch's summed loss is divided by the step's total scored count, so the
+    accumulated gradient is the gradient of the step's mean loss however the batch was cut.
+    """
+    world = accelerator.num_processes if accelerator is not None else 1
+    device = accelerator.device if accelerator is not None else next(model.parameters()).device
+    counts = torch.tensor(
+        [sum(scored_count(b, kind) for b in micro_batches), sum(_tokens(b) for b in micro_batches)], dtype=torch.float64
+    )
+    if world > 1:
+        counts = accelerator.reduce(counts.to(device), reduction="sum").cpu()
+    scored, tokens = max(float(counts[0]), 1.0), float(counts[1])
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    for a, mb in enumerate(micro_batches):
+        mb = {k: v.to(device) for k, v in mb.items()}
+        last = a == len(micro_batches) - 1
+        # DDP all-reduces gradients on every backward unless told not to: once per step is enough
+        with contextlib.nullcontext() if last or accelerator is None else accelerator.no_sync(model):
+            loss, _, _ = loss_sum(model, mb, kind)
+            scaled = loss * (world / scored)  # DDP averages over processes; this makes it a sum
+            accelerator.backward(scaled) if accelerator is not None else scaled.backward()
+        total += loss.detach().double()
+    if world > 1:
+        total = accelerator.reduce(total, reduction="sum")
+    return total.item() / scored, tokens
+
+
+def _save_checkpoint(acc, run: RunFolder, model: nn.Module, optimizer, config: TrainConfig, step: int, epoch: int, batch_index: int) -> None:
+    from accelerate.utils import gather_object
+
+    rngs = gather_object([checkpoint.rng_state()]) if acc.num_processes > 1 else [checkpoint.rng_state()]
+    if acc.is_main_process:
+        checkpoint.save(
+            run.path,
+            model_state=model.state_dict(),
+            optimizer_state=optimizer.state_dict(),
+            rng_states=rngs,
+            position={"format_version": FORMAT_VERSION, "step": step, "epoch": epoch, "batch": batch_index},
+            keep=config.keep_checkpoints,
+        )
+    acc.wait_for_everyone()
+
+
+def _progress(enabled: bool):
+    if not enabled:
+        return None
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), transient=True)
+    bar.start()
+    return bar
