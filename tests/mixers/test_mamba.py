@@ -1,16 +1,29 @@
-"""Mamba: conformance, an explicit per-token computation, fp32 parameters under bf16, errors."""
+"""Mamba: conformance, an explicit per-token computation, fp32 parameters under bf16, errors.
+
+Without CUDA the triton backend runs in Triton's CPU interpreter, which Triton reads when it
+is imported: set here, at collection, before anything imports triton.
+"""
 
 from __future__ import annotations
 
-import pytest
-import torch
-import torch.nn.functional as F
+import os
 
-from longarena import mixers
-from longarena.config import ConfigError
-from longarena.mixers.base import MixerInputError
-from longarena.mixers.mamba import MambaState
-from longarena.testing import check_mixer
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from longarena import mixers  # noqa: E402
+from longarena.config import ConfigError  # noqa: E402
+from longarena.mixers.base import MixerInputError  # noqa: E402
+from longarena.mixers.mamba import MambaState  # noqa: E402
+from longarena.testing import check_mixer  # noqa: E402
+from longarena.testing.conformance import rel_error  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 @pytest.mark.parametrize(
@@ -45,10 +58,41 @@ def test_matches_an_explicit_computation():
             h = h + decay * (dt[s] * xc[s])[:, None] * b[s][None, :]
         ys.append((h * c[t]).sum(-1) + m.D * xc[t])
     expected = (torch.stack(ys) * F.silu(z)) @ m.out_proj.weight.T
-    for backend in m.backends:
+    for backend in m.available_backends(x.device):
         with m.use_backend(backend):
             y, _ = m(x)
         torch.testing.assert_close(y[0], expected)
+
+
+def _triton_mamba():
+    pytest.importorskip("triton")
+    return mixers.get("mamba", 8, d_state=4, d_conv=2, expand=1, backend="triton")
+
+
+def test_triton_backend_matches_the_reference_mixer():
+    """Output, final state and every parameter gradient of the mixer on the triton backend
+    (the Triton interpreter on CPU), with a carried-in state, against the reference backend."""
+    torch.manual_seed(0)
+    m = _triton_mamba().to(DEVICE)
+    x = torch.randn(2, 19, 8, device=DEVICE)
+    state = m.init_state(2, DEVICE)
+    state.ssm.normal_()
+    runs = []
+    for backend in ("reference", "triton"):
+        m.zero_grad()
+        with m.use_backend(backend):
+            y, s = m(x, state=state)
+        y.pow(2).sum().backward()
+        runs.append([y.detach(), s.ssm] + [p.grad.clone() for p in m.parameters()])
+    for got, want in zip(*runs[::-1]):
+        assert rel_error(got, want) < 1e-5
+
+
+@pytest.mark.slow
+def test_triton_backend_conformance():
+    """The whole conformance suite on the triton backend (~30 s in the CPU interpreter)."""
+    _triton_mamba()
+    assert check_mixer(_triton_mamba, long_len=40, device=DEVICE).ok
 
 
 def test_ssm_parameters_stay_fp32_under_a_bf16_cast():

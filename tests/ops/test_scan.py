@@ -1,4 +1,5 @@
-"""linear_scan: chunked path against the loop reference (outputs, states, gradients), state carry."""
+"""linear_scan and selective_scan: fast paths against the loop reference (outputs, states,
+gradients), state carry, the log-space range guard."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import pytest
 import torch
 
 from longarena.ops.scan import linear_scan, selective_scan
+from longarena.ops.scan.selective import _plan
+from longarena.ops.scan.selective_logspace import LOG_LIMIT, log_range
 from longarena.testing.conformance import rel_error
 
 TOL = {torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.complex64: 1e-5}
@@ -170,3 +173,50 @@ def test_selective_scan_matches_closed_form_and_carries_state():
     torch.testing.assert_close(end, h_last)
     with pytest.raises(ValueError, match=r"B of shape \(1, 9, 3\)"):
         selective_scan(u, delta, a, b[..., :2], c)
+
+
+def _grads_of(backend, leaves, **kw):
+    leaves = [t.detach().clone().requires_grad_() for t in leaves]
+    y, h = selective_scan(*leaves, backend=backend, **kw)
+    w = torch.randn(y.shape, generator=torch.Generator().manual_seed(5)).to(y.dtype)
+    ((y * w).sum() + h.sum()).backward()
+    return [y.detach(), h.detach()] + [t.grad for t in leaves]
+
+
+def test_log_range_is_the_largest_decay_exponent_of_any_chunk():
+    (u, delta, b, c), a, d, h0 = _selective_inputs(2, 11, 3, 4, torch.float32, seed=6)
+    expected = 0.0
+    for start in range(0, 11, 4):  # chunks of 4 from the block start, the last one 3 long
+        for t in range(start, min(start + 4, 11)):
+            s = a[None] * delta[:, start : t + 1].sum(1)[:, :, None]  # (B, E, N): A sum dt
+            expected = max(expected, s.abs().max().item())
+    assert log_range(delta, a, 4) == pytest.approx(expected, rel=1e-6)
+
+
+def test_selective_scan_runs_huge_steps_in_product_form():
+    """A block whose chunks decay by more than exp(-LOG_LIMIT) runs in product form (log space
+    would overflow), the others in log space; together they equal the loop, gradients too."""
+    (u, delta, b, c), a, d, h0 = _selective_inputs(2, 40, 3, 4, torch.float32, seed=7)
+    delta[:, 10:20] = 30.0  # |A dt| up to ~100 per step: exp(-S) overflows fp32 beyond ~88
+    plan = _plan(delta, a, block=10, chunk_size=5)
+    assert [log for _, _, log in plan] == [True, False, True, True]
+    ref = _grads_of("reference", (u, delta, a, b, c, d, h0))
+    out = _grads_of("chunked", (u, delta, a, b, c, d, h0), block=10, chunk_size=5)
+    for x, y in zip(out, ref):
+        assert torch.isfinite(x).all()
+        assert rel_error(x, y) < 1e-5
+
+
+def test_log_space_near_its_limit_keeps_fp32_precision():
+    """Chunks whose decays reach exp(-55) (terms of the closed-form sum ~1e24 apart) agree with
+    a float64 loop as closely as the fp32 loop does."""
+    (u, delta, b, c), a, d, h0 = _selective_inputs(1, 64, 4, 4, torch.float64, seed=8)
+    a = -torch.linspace(0.5, 8.0, 16, dtype=torch.float64).view(4, 4)
+    delta = torch.full_like(delta, 55.0 / (8.0 * 16))  # the steepest channel reaches 55 per 16 steps
+    assert LOG_LIMIT - 6 < log_range(delta, a, 16) <= LOG_LIMIT
+    truth = _grads_of("reference", (u, delta, a, b, c, d, h0))
+    f32 = [t.float() for t in (u, delta, a, b, c, d, h0)]
+    loop = _grads_of("reference", f32)
+    fast = _grads_of("chunked", f32, chunk_size=16)
+    for x, lp, y in zip(fast, loop, truth):
+        assert rel_error(x, y) < max(10 * rel_error(lp, y), 1e-6)

@@ -12,9 +12,12 @@ With E = expand * D inner channels, N states per channel and R = dt_rank::
 
 Selection is what makes it more than an LTI filter: a token can set ``dt`` near 0 (ignore me,
 keep the state) or large (reset to me). The selective scan runs on
-:func:`longarena.ops.scan.selective_scan`: backend ``reference`` (a plain loop over t) or
-``chunked`` (blocks of time discretised at once, a two-level chunked scan inside). ``step``
-carries ``(conv, ssm)``: the last k-1 conv inputs ``(B, E, k-1)`` and ``h (B, E, N)``.
+:func:`longarena.ops.scan.selective_scan`: backend ``reference`` (a plain loop over t),
+``chunked`` (blocks of time, closed form in log space inside short chunks: CPU's fastest) or
+``triton`` (a sequential-in-time GPU kernel; on CPU only under ``TRITON_INTERPRET=1``, for
+tests). ``auto`` takes ``triton`` on CUDA when Triton imports, else ``chunked`` (the loop for
+chunks of at most ``SHORT_SEQUENCE`` steps on CPU). ``step`` carries ``(conv, ssm)``: the
+last k-1 conv inputs ``(B, E, k-1)`` and ``h (B, E, N)``.
 
 ``A_log``, ``D`` and the ``dt`` bias stay in fp32 when the module is cast to bf16, and the scan
 accumulates in fp32 (its state is fp32 too): ``exp(dt A)`` raised over thousands of steps
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from typing import Any
 
 import torch
@@ -35,7 +39,7 @@ from torch import Tensor, nn
 from longarena.config import ConfigError
 from longarena.mixers import register
 from longarena.mixers.base import KeepFP32Params, Mixer, MixerConfig, MixerInputError
-from longarena.ops.scan import selective_scan
+from longarena.ops.scan import selective_scan, triton_available
 
 
 @dataclasses.dataclass
@@ -91,8 +95,16 @@ class Mamba(KeepFP32Params, Mixer):
     """Mamba: selective SSM (input-dependent dt, B, C) with a short causal conv and SiLU gate."""
 
     config_class = MambaConfig
-    backends = ("reference", "chunked")
+    backends = ("reference", "chunked", "triton")
     fp32_params = ("A_log", "D")
+
+    def available_backends(self, device: torch.device) -> tuple[str, ...]:
+        """``triton`` on CUDA when Triton imports; on CPU only when asked for by name under
+        ``TRITON_INTERPRET=1`` (the interpreter is for tests, far too slow for anything else)."""
+        interpreted = self.backend == "triton" and os.environ.get("TRITON_INTERPRET", "0") == "1"
+        if triton_available() and (torch.device(device).type == "cuda" or interpreted):
+            return self.backends
+        return self.backends[:2]
 
     def __init__(self, config: MambaConfig) -> None:
         super().__init__(config)
@@ -159,11 +171,16 @@ class Mamba(KeepFP32Params, Mixer):
             dt = dt * mask[..., None]
         a = -torch.exp(self.A_log.float())  # (E, N)
         backend = self.resolve_backend(x.device)
-        if self.backend == "auto" and xc.shape[1] <= SHORT_SEQUENCE:
-            # short chunks: the loop's per-step tensors stay in cache while the blocked path's
-            # workspace does not (CPU, d_model 64, batch 128: T = 15 fwd+bwd 42 vs 114 ms,
-            # T = 64 177 vs 656 ms; at T = 1024, batch 1 the chunked path is 2.2x faster)
-            backend = "reference"
+        if self.backend == "auto":
+            if x.is_cuda and "triton" in self.available_backends(x.device):
+                backend = "triton"
+            elif xc.shape[1] <= SHORT_SEQUENCE:
+                # short chunks: the loop's per-step tensors stay in cache while the blocked
+                # path's workspace does not (CPU, d_model 64, batch 128: T = 15 fwd+bwd 42 vs
+                # 114 ms, T = 64 177 vs 656 ms; at T = 1024, batch 1 chunked is 2.2x faster)
+                backend = "reference"
+            else:
+                backend = "chunked"
         y, h = selective_scan(xc, dt, a, b, c, self.D, state.ssm, backend=backend)
         out = self.out_proj(y * F.silu(z))
         new_conv = conv_in[..., conv_in.shape[-1] - (k - 1) :]  # the last k-1 inputs

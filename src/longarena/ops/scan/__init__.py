@@ -15,7 +15,10 @@ Gradients flow to ``a``, ``b`` and ``h0`` through plain autograd.
 
 :func:`selective_scan` (:mod:`.selective`) is Mamba's input-dependent scan on top of it:
 ``selective_scan(u, delta, A, B, C, D=None, h0=None, *, backend="auto") -> (y, h_last)``
-with backends ``"reference"`` and ``"chunked"``.
+with backends ``"reference"``, ``"chunked"`` (closed form in log space inside short chunks,
+CPU's fastest) and ``"triton"`` (:mod:`.selective_triton`, GPU kernels; imported on first use,
+so ``TRITON_INTERPRET`` can still be set before it); ``"auto"`` picks ``"triton"`` for CUDA
+tensors when Triton imports, else ``"chunked"``.
 
 Backends: ``"reference"`` (:mod:`.reference`, a Python loop over ``t``: the specification),
 ``"chunked"`` (:mod:`.chunked`, two levels of chunks, about ``3 sqrt(T)`` Python steps,
@@ -24,6 +27,8 @@ scan by doubling, ``O(T log T)`` work). ``"auto"`` picks ``"chunked"``, the fast
 """
 
 from __future__ import annotations
+
+import importlib.util
 
 import torch
 from torch import Tensor
@@ -49,6 +54,7 @@ __all__ = [
     "selective_scan",
     "selective_scan_chunked",
     "selective_scan_reference",
+    "triton_available",
 ]
 
 
@@ -112,7 +118,7 @@ def selective_scan(
     """Mamba's selective scan (see :mod:`.selective`): ``(y: (B, T, E), h_last: (B, E, N))``.
 
     u, delta: (B, T, E); a: (E, N); b, c: (B, T, N); d: (E,) or None; h0: (B, E, N) or None.
-    ``kwargs`` (chunked only): ``block``, ``chunk_size``.
+    ``kwargs``: ``block``, ``chunk_size`` (chunked); ``chunk_size``, ``block_e`` (triton).
     """
     bsz, t_len, e = u.shape
     n = a.shape[-1]
@@ -129,8 +135,22 @@ def selective_scan(
     for name, (tensor, shape) in expected.items():
         if tuple(tensor.shape) != shape:
             raise ValueError(f"selective_scan expects {name} of shape {shape}, got {tuple(tensor.shape)}")
-    if backend in ("auto", "chunked"):
+    if backend == "auto":
+        backend = "triton" if u.is_cuda and triton_available() else "chunked"
+    if backend == "chunked":
         return selective_scan_chunked(u, delta, a, b, c, d, h0, **kwargs)
     if backend == "reference":
         return selective_scan_reference(u, delta, a, b, c, d, h0)
-    raise ValueError(f"unknown selective_scan backend {backend!r}; known: 'reference', 'chunked', 'auto'")
+    if backend == "triton":
+        from longarena.ops.scan.selective_triton import selective_scan_triton
+
+        return selective_scan_triton(u, delta, a, b, c, d, h0, **kwargs)
+    raise ValueError(
+        f"unknown selective_scan backend {backend!r}; known: 'reference', 'chunked', 'triton', 'auto'"
+    )
+
+
+def triton_available() -> bool:
+    """Whether the ``triton`` package imports (its kernels then run on CUDA tensors, or on CPU
+    under ``TRITON_INTERPRET=1``)."""
+    return importlib.util.find_spec("triton") is not None

@@ -6,15 +6,18 @@ Per channel e of ``u: (B, T, E)`` and state index n (``N`` per channel)::
     h_t = Abar_t * h_{t-1} + (dt_t u_t) B_t     h: (B, E, N), B_t: (B, T, N)
     y_t = sum_n C_t h_t + D u_t                 C_t: (B, T, N), D: (E,)
 
-Two paths: :func:`selective_scan_reference` (a plain loop over t, discretising at every step:
-the specification) and :func:`selective_scan_chunked`, which cuts time into blocks of
-``block`` steps (sized so that a block's workspace stays in cache), discretises a whole
-block at once, runs the two-level chunked scan of :mod:`.chunked` over it from the state
-the previous block left, and contracts with ``C`` as it goes, so extra memory is
-``O(B block E N)`` on top of the ``O(B T E)`` inputs and outputs when no gradient is
-recorded. Its backward is written by hand (:class:`_SelectiveScanFn`) and recomputes the
-states block by block, so training keeps no per-step states either. Both accumulate in at
-least fp32 and return ``y`` in ``u.dtype`` and the final state in the accumulation dtype.
+Two paths here: :func:`selective_scan_reference` (a plain loop over t, discretising at every
+step: the specification) and :func:`selective_scan_chunked`, which cuts time into blocks of
+``block`` steps (sized so that a block's workspace stays in cache) and runs each block
+either in closed form inside short chunks (:mod:`.selective_logspace`: one ``exp2``, one
+division, a cumulative sum; the fast case) or, where a chunk's decays span more than
+``exp(-60)`` (huge steps), as the product-only two-level chunked scan of :mod:`.chunked`
+(:func:`_product_block`, which never divides). Extra memory is ``O(B block E N)`` on top of
+the ``O(B T E)`` inputs and outputs. Its backward is written by hand
+(:class:`_SelectiveScanFn`) and recomputes the states block by block, so training keeps no
+per-step states either. Both accumulate in at least fp32 and return ``y`` in ``u.dtype``
+and the final state in the accumulation dtype. The GPU kernel is in
+:mod:`.selective_triton`.
 """
 
 from __future__ import annotations
@@ -25,15 +28,25 @@ import torch
 from torch import Tensor
 
 from longarena.ops.scan.chunked import linear_scan_chunked
+from longarena.ops.scan.selective_logspace import (
+    LOG_LIMIT,
+    Workspace,
+    log_block_backward,
+    log_block_forward,
+    log_range,
+)
 
-
-#: elements of one (B, block, E, N) workspace tensor of the chunked path: 2 MiB of fp32, so a
-#: block's decays and inputs stay in cache (measured: 256 steps at B E N = 2048 ran ~1.4x
-#: faster than 1024)
-BLOCK_ELEMENTS = 2**19
+#: elements of one (B, block, E, N) workspace tensor on CPU: 4 MiB of fp32, reused from block
+#: to block (measured at T = 4096, 1 thread: 1 MiB blocks ran 1.2-1.7x slower from Python
+#: overhead, 16 MiB blocks 1.3-2.5x slower from cache misses)
+BLOCK_ELEMENTS = 2**20
+#: on GPUs, where each op's launch, not the cache, is the cost
+BLOCK_ELEMENTS_GPU = 2**25
 #: fewest steps per block, so small states still take few Python steps
 MIN_BLOCK = 64
-#: longest chunk inside a block (a block of L steps takes about 2 C + L / C Python steps)
+#: chunk of the log-space form (a block of L steps takes about C + L / C Python steps)
+LOG_CHUNK = 16
+#: longest chunk of the product form (about 2 C + L / C Python steps)
 CHUNK = 32
 
 
@@ -88,37 +101,48 @@ def selective_scan_chunked(
     """Same contract as :func:`selective_scan_reference`, a block of time steps at a time.
 
     ``block`` defaults to ``BLOCK_ELEMENTS / (B E N)`` steps (at least ``MIN_BLOCK``);
-    ``chunk_size`` to ``min(CHUNK, ceil(sqrt(block length)))``, which keeps the Python steps
-    per block near their minimum.
+    ``chunk_size`` to ``LOG_CHUNK`` for log-space blocks and ``min(CHUNK, ceil(sqrt(block
+    length)))`` for product-form ones.
     """
     out_dtype = u.dtype
     u, delta, a, b, c, d, h = _prepare(u, delta, a, b, c, d, h0)
     if block is None:
-        block = max(MIN_BLOCK, BLOCK_ELEMENTS // max(1, h.numel()))
+        per_step = BLOCK_ELEMENTS_GPU if u.is_cuda else BLOCK_ELEMENTS
+        block = max(MIN_BLOCK, per_step // max(1, h.numel()))
+    plan = _plan(delta.detach(), a.detach(), block, chunk_size)
     if torch.is_grad_enabled() and any(t.requires_grad for t in (u, delta, a, b, c, h)):
-        y, h = _SelectiveScanFn.apply(u, delta, a, b, c, h, block, chunk_size)
+        y, h = _SelectiveScanFn.apply(u, delta, a, b, c, h, plan)
     else:
-        y, h, _ = _scan_blocks(u, delta, a, b, c, h, block, chunk_size)
+        y, h, _ = _scan_blocks(u, delta, a, b, c, h, plan)
     if d is not None:
         y = y + d * u
     return y.to(out_dtype), h
 
 
-def _blocks(length: int, block: int, chunk_size: int | None) -> list[tuple[slice, int]]:
-    """``(time slice, chunk length)`` of every block."""
+def _plan(delta: Tensor, a: Tensor, block: int, chunk_size: int | None) -> list[tuple[slice, int, bool]]:
+    """``(time slice, chunk length, log space?)`` of every block: log space wherever no chunk
+    of the block has ``|A sum dt| > LOG_LIMIT``."""
     out = []
+    length = delta.shape[1]
     for s in range(0, length, block):
         n = min(block, length - s)
-        out.append((slice(s, s + n), chunk_size or min(CHUNK, math.ceil(math.sqrt(n)))))
+        log_chunk = min(chunk_size or LOG_CHUNK, n)
+        if log_range(delta[:, s : s + n], a, log_chunk) <= LOG_LIMIT:
+            out.append((slice(s, s + n), log_chunk, True))
+        else:
+            out.append((slice(s, s + n), chunk_size or min(CHUNK, math.ceil(math.sqrt(n))), False))
     return out
 
 
-def _scan_blocks(u, delta, a, b, c, h, block, chunk_size):
+def _scan_blocks(u, delta, a, b, c, h, plan):
     """``(y (B, T, E), h_last, [the state entering each block])``, block after block."""
-    ys, h_ins = [], []
-    for sl, chunk in _blocks(u.shape[1], block, chunk_size):
+    ys, h_ins, ws = [], [], Workspace()
+    for sl, chunk, log in plan:
         h_ins.append(h)
-        y_blk, h = _block(u[:, sl], delta[:, sl], a, b[:, sl], c[:, sl], h, chunk)
+        if log:
+            y_blk, h = log_block_forward(u[:, sl], delta[:, sl], a, b[:, sl], c[:, sl], h, chunk, ws)
+        else:
+            y_blk, h = _product_block(u[:, sl], delta[:, sl], a, b[:, sl], c[:, sl], h, chunk)
         ys.append(y_blk)
     y = torch.cat(ys, dim=1) if ys else u.clone()
     return y, h, h_ins
@@ -128,21 +152,16 @@ class _SelectiveScanFn(torch.autograd.Function):
     """The chunked selective scan with a hand-written backward that recomputes each block's
     states instead of storing them: saved per token are the inputs only (``O(B T (E + N))``)
     plus one ``(B, E, N)`` state per block, against ~4 ``(E, N)`` tensors per token under
-    plain autograd.
-
-    Backward, block by block from the last: with ``g_t = dy_t C_t`` (an outer product), the
-    state gradient runs backwards in time, ``gh_t = g_t + Abar_{t+1} gh_{t+1}`` (the chunked
-    scan on the reversed block, seeded by the gradient leaving the next block); then
-    ``d(dt A)_t = gh_t h_{t-1} Abar_t``, ``d(dt u)_t = sum_n gh_t B_t``,
-    ``dB_t = sum_e gh_t dt_t u_t``, ``dC_t = sum_e dy_t h_t`` and the gradient entering
-    the block's first state is ``Abar_0 gh_0``.
+    plain autograd. Blocks are differentiated last to first, each by the backward of the
+    form that ran it (:func:`.selective_logspace.log_block_backward` or
+    :func:`_product_block_backward`), the state gradient handed from block to block.
     """
 
     @staticmethod
-    def forward(ctx, u, delta, a, b, c, h0, block, chunk_size):
-        y, h_last, h_ins = _scan_blocks(u, delta, a, b, c, h0, block, chunk_size)
+    def forward(ctx, u, delta, a, b, c, h0, plan):
+        y, h_last, h_ins = _scan_blocks(u, delta, a, b, c, h0, plan)
         ctx.save_for_backward(u, delta, a, b, c, *h_ins)
-        ctx.block, ctx.chunk_size = block, chunk_size
+        ctx.plan = plan
         return y, h_last
 
     @staticmethod
@@ -156,32 +175,46 @@ class _SelectiveScanFn(torch.autograd.Function):
         g_carry = gh_last
         gu, gdelta = torch.zeros_like(u), torch.zeros_like(delta)
         gb, gc, ga = torch.zeros_like(b), torch.zeros_like(c), torch.zeros_like(a)
-        blocks = _blocks(u.shape[1], ctx.block, ctx.chunk_size)
-        for (sl, chunk), h_in in reversed(list(zip(blocks, h_ins))):
-            dt, u_blk, b_blk, c_blk, g_blk = delta[:, sl], u[:, sl], b[:, sl], c[:, sl], gy[:, sl]
-            decay = torch.exp(dt[..., None] * a)  # (B, L, E, N)
-            dtu = dt * u_blk  # (B, L, E)
-            hs, _ = linear_scan_chunked(decay, dtu[..., None] * b_blk[:, :, None, :], h_in, chunk_size=chunk)
-            h_prev = torch.cat((h_in[:, None], hs[:, :-1]), dim=1)  # (B, L, E, N)
-            # gh_t = g_t + Abar_{t+1} gh_{t+1}: a forward scan over the reversed block
-            a_rev = torch.cat((decay[:, 1:], torch.ones_like(decay[:, :1])), dim=1).flip(1)
-            g_out = (g_blk[..., None] * c_blk[:, :, None, :]).flip(1)  # (B, L, E, N), reversed
-            gh = linear_scan_chunked(a_rev, g_out, g_carry, chunk_size=chunk)[0].flip(1)
-            g_log_decay = gh * h_prev * decay  # gradient of dt_t A, (B, L, E, N)
-            ga += torch.einsum("blen,ble->en", g_log_decay, dt)
-            g_dtu = torch.einsum("blen,bln->ble", gh, b_blk)
-            gdelta[:, sl] = torch.einsum("blen,en->ble", g_log_decay, a) + g_dtu * u_blk
-            gu[:, sl] = g_dtu * dt
-            gb[:, sl] = torch.einsum("blen,ble->bln", gh, dtu)
-            gc[:, sl] = torch.einsum("ble,blen->bln", g_blk, hs)
-            g_carry = decay[:, 0] * gh[:, 0]
-        return gu, gdelta, ga, gb, gc, g_carry, None, None
+        ws = Workspace()
+        for (sl, chunk, log), h_in in reversed(list(zip(ctx.plan, h_ins))):
+            args = (u[:, sl], delta[:, sl], a, b[:, sl], c[:, sl], h_in, gy[:, sl], g_carry, chunk)
+            grads = log_block_backward(*args, ws) if log else _product_block_backward(*args)
+            gu[:, sl], gdelta[:, sl], ga_blk, gb[:, sl], gc[:, sl], g_carry = grads
+            ga += ga_blk
+        return gu, gdelta, ga, gb, gc, g_carry, None
 
 
-def _block(u: Tensor, delta: Tensor, a: Tensor, b: Tensor, c: Tensor, h: Tensor, chunk: int):
+def _product_block_backward(u, dt, a, b, c, h_in, gy, g_carry, chunk):
+    """Gradients of one product-form block (see :func:`_product_block`): with
+    ``g_t = dy_t C_t`` (an outer product), the state gradient runs backwards in time,
+    ``gh_t = g_t + Abar_{t+1} gh_{t+1}`` (the chunked scan on the reversed block, seeded by
+    ``g_carry``, the gradient of the state leaving the block); then
+    ``d(dt A)_t = gh_t h_{t-1} Abar_t``, ``d(dt u)_t = sum_n gh_t B_t``,
+    ``dB_t = sum_e gh_t dt_t u_t``, ``dC_t = sum_e dy_t h_t`` and the gradient entering the
+    block is ``Abar_0 gh_0``. Returns ``(gu, gdelta, ga, gb, gc, g_in)``."""
+    decay = torch.exp(dt[..., None] * a)  # (B, L, E, N)
+    dtu = dt * u  # (B, L, E)
+    hs, _ = linear_scan_chunked(decay, dtu[..., None] * b[:, :, None, :], h_in, chunk_size=chunk)
+    h_prev = torch.cat((h_in[:, None], hs[:, :-1]), dim=1)  # (B, L, E, N)
+    # gh_t = g_t + Abar_{t+1} gh_{t+1}: a forward scan over the reversed block
+    a_rev = torch.cat((decay[:, 1:], torch.ones_like(decay[:, :1])), dim=1).flip(1)
+    g_out = (gy[..., None] * c[:, :, None, :]).flip(1)  # (B, L, E, N), reversed
+    gh = linear_scan_chunked(a_rev, g_out, g_carry, chunk_size=chunk)[0].flip(1)
+    g_log_decay = gh * h_prev * decay  # gradient of dt_t A, (B, L, E, N)
+    ga = torch.einsum("blen,ble->en", g_log_decay, dt)
+    g_dtu = torch.einsum("blen,bln->ble", gh, b)
+    gdelta = torch.einsum("blen,en->ble", g_log_decay, a) + g_dtu * u
+    gu = g_dtu * dt
+    gb = torch.einsum("blen,ble->bln", gh, dtu)
+    gc = torch.einsum("ble,blen->bln", gy, hs)
+    return gu, gdelta, ga, gb, gc, decay[:, 0] * gh[:, 0]
+
+
+def _product_block(u: Tensor, delta: Tensor, a: Tensor, b: Tensor, c: Tensor, h: Tensor, chunk: int):
     """One block of ``L`` steps in chunks of ``chunk``: the two-level scan of
     :mod:`.chunked`, with the chunk decays taken from ``exp(A sum dt)`` and ``C`` contracted
-    as the last level runs, so the states of every step are never stored at once."""
+    as the last level runs, so the states of every step are never stored at once. Products
+    of decays only, no division: safe for any step size."""
     bsz, length, e = u.shape
     chunk = min(chunk, length)
     n = -(-length // chunk)
