@@ -85,42 +85,55 @@ def list_components(
 
 @app.command()
 def train(
-    task: Annotated[str, typer.Option(help="task name (longarena list tasks)")] = "associative_recall",
-    pattern: Annotated[str, typer.Option(help="comma-separated mixer names, cycled over the layers, e.g. mamba,attention")] = "attention",
-    d_model: Annotated[int, typer.Option(help="model width")] = 64,
-    layers: Annotated[int, typer.Option(help="number of layers")] = 2,
-    steps: Annotated[int, typer.Option(help="optimizer steps")] = 200,
-    batch_size: Annotated[int, typer.Option(help="sequences per batch")] = 32,
-    lr: Annotated[float, typer.Option(help="peak learning rate")] = 3e-3,
-    seed: Annotated[int, typer.Option(help="random seed")] = 0,
-    device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
+    task: Annotated[Optional[str], typer.Option(help="task name (longarena list tasks) [default: associative_recall]")] = None,
+    pattern: Annotated[Optional[str], typer.Option(help="comma-separated mixer names, cycled over the layers, e.g. mamba,attention [default: attention]")] = None,
+    d_model: Annotated[Optional[int], typer.Option(help="model width [default: 64]")] = None,
+    layers: Annotated[Optional[int], typer.Option(help="number of layers [default: 2]")] = None,
+    steps: Annotated[Optional[int], typer.Option(help="optimizer steps [default: 200]")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="examples per optimizer step, over all processes [default: 32]")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="peak learning rate [default: 3e-3]")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="random seed [default: 0]")] = None,
+    device: Annotated[Optional[str], typer.Option(help="auto, cpu or cuda [default: auto]")] = None,
+    precision: Annotated[Optional[str], typer.Option(help="fp32 or bf16 (autocast) [default: fp32]")] = None,
+    grad_accum: Annotated[Optional[int], typer.Option(help="micro-batches per optimizer step [default: 1]")] = None,
     task_config: Annotated[Optional[list[str]], typer.Option("--task-config", help="task field, key=value (repeatable)")] = None,
     mixer_config: Annotated[Optional[list[str]], typer.Option("--mixer-config", help="mixer field, name.key=value (repeatable)")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="save the trained model (safetensors + config.json) here")] = None,
+    config: Annotated[Optional[Path], typer.Option(help="run config file (YAML or JSON) with sections task, task_config, model, train")] = None,
+    preset: Annotated[Optional[str], typer.Option(help="a named config, e.g. lra/listops/s4 (see --list-presets)")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="override, section.key=value, e.g. train.lr=3e-4 (repeatable)")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="run folder: config.json, metrics.jsonl, checkpoint/, model.safetensors")] = None,
+    resume: Annotated[bool, typer.Option(help="continue the run in --out from its latest checkpoint")] = False,
+    tensorboard: Annotated[bool, typer.Option(help="also write TensorBoard logs to --out/tensorboard")] = False,
+    list_presets: Annotated[bool, typer.Option(help="list the presets and exit")] = False,
 ) -> None:
-    """Train a model built from a mixer pattern on a task and report validation metrics."""
-    from longarena import tasks as tasks_mod
-    from longarena.models import checkpoint
-    from longarena.models.backbone import ModelConfig
-    from longarena.train import TrainConfig, model_for_task
-    from longarena.train import train as run_train
+    """Train a model on a task: from options, a config file or a preset; resumable run folders."""
+    from longarena.train import cli_support, presets
 
+    if list_presets:
+        table = Table(title="presets", show_header=False, title_justify="left")
+        table.add_column("name", style="bold cyan")
+        table.add_column("description")
+        for name, text in presets.summaries().items():
+            table.add_row(name, text)
+        console.print(table)
+        return
     try:
-        t = tasks_mod.get(task, **_parse_pairs(task_config, "--task-config"))
-        names = tuple(p.strip() for p in pattern.split(",") if p.strip())
-        config = ModelConfig(d_model=d_model, n_layers=layers, pattern=names, mixer=_parse_pairs(mixer_config, "--mixer-config"))
-        model = model_for_task(t, config)
-        tconfig = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed, device=device)
+        options = cli_support.option_overrides(
+            task=task, pattern=pattern, d_model=d_model, layers=layers, task_config=task_config, mixer_config=mixer_config,
+            steps=steps, batch_size=batch_size, lr=lr, seed=seed, device=device, precision=precision, grad_accum=grad_accum,
+        )
+        raw = cli_support.layered_config(preset=preset, config_file=config, sets=set_, options=options, out=out, resume=resume)
+        resolved, result = cli_support.run(raw, out=out, resume=resume, tensorboard=tensorboard, console=console)
     except (KeyError, ValueError) as exc:
         _fail(str(exc))
-    result = run_train(model, t, tconfig, progress=True, description=f"{task}/{pattern}")
-    console.print(
-        f"{task} with {list(names)}: validation accuracy {result.final['accuracy']:.3f}, "
-        f"loss {result.final['loss']:.3f} ({result.parameters:,} parameters, {result.seconds:.1f}s)"
-    )
-    if out is not None:
-        checkpoint.save(model, out, extra={"task": task, "task_config": t.config.to_dict()})
-        console.print(f"saved to {out}")
+    if cli_support.is_main_process():
+        names = list(resolved.model.get("pattern") or ["attention"])
+        console.print(
+            f"{resolved.raw['task']} with {names}: validation accuracy {result.final['accuracy']:.3f}, "
+            f"loss {result.final['loss']:.3f} ({result.parameters:,} parameters, {result.seconds:.1f}s)"
+        )
+        if out is not None:
+            console.print(f"saved to {out}")
 
 
 @app.command()
