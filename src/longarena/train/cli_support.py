@@ -3,6 +3,7 @@ preset, file, ``--set``, options), check it, build the model and train."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ from longarena.config import ConfigError
 from longarena.train import configfile, presets
 from longarena.train.checkpoint import ResumeError
 from longarena.train.loop import TrainResult, model_for_task
-from longarena.train.trainer import CONFIG_FILE, fit
+from longarena.train.trainer import CONFIG_FILE, check_version, fit
 
 
 def option_overrides(
@@ -65,6 +66,7 @@ def layered_config(
     if resume and preset is None and config_file is None:
         if not (out / CONFIG_FILE).is_file():
             raise ResumeError(f"nothing to resume in {out}: it has no {CONFIG_FILE}")
+        check_version(json.loads((out / CONFIG_FILE).read_text()), out)
         raw = configfile.read_file(out / CONFIG_FILE)
     else:
         raw = configfile.defaults()

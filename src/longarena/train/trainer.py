@@ -58,12 +58,14 @@ def make_accelerator(config: TrainConfig):
     if config.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("train.device is 'cuda' but no CUDA GPU is visible; use 'auto' or 'cpu'")
     mixed = "bf16" if config.precision == "bf16" else "no"
-    cpu = config.device == "cpu"
+    # "cpu" also when there is no GPU: accelerate only recognises a multi-process CPU run
+    # (torchrun, gloo) when told the device is the CPU
+    cpu = config.device == "cpu" or not torch.cuda.is_available()
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     partial = PartialState._shared_state
     if partial and not distributed:
         on_cpu = getattr(partial.get("device"), "type", "cpu") == "cpu"
-        if on_cpu != (cpu or not torch.cuda.is_available()):
+        if on_cpu != cpu:
             AcceleratorState._reset_state(reset_partial_state=True)
     shared = AcceleratorState._shared_state
     if shared and shared.get("_mixed_precision") != mixed:
@@ -124,13 +126,7 @@ class RunFolder:
             return []
         if saved is None:
             raise ResumeError(f"nothing to resume in {self.path}: it has no {CONFIG_FILE}")
-        version = saved.get("format_version")
-        if version != FORMAT_VERSION:
-            found = "no format_version (written before run folders were versioned)" if version is None else f"format_version {version}"
-            raise ResumeError(
-                f"{self.path} has {found}; this LongArena reads format_version {FORMAT_VERSION}. "
-                f"Start a new run folder; the old weights can still be loaded with longarena.models.checkpoint.load"
-            )
+        check_version(saved, self.path)
         conflicts = resume_conflicts(saved.get("run", {}), run_config)
         if conflicts:
             detail = ", ".join(f"{k} ({_get(saved.get('run', {}), k)!r} -> {_get(run_config, k)!r})" for k in conflicts)
@@ -178,6 +174,18 @@ class RunFolder:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+
+
+def check_version(meta: dict[str, Any], path: Path) -> None:
+    """Refuse a run folder of another layout version (nothing older can be migrated: the
+    first versioned layout is the first with training state)."""
+    version = meta.get("format_version")
+    if version != FORMAT_VERSION:
+        found = "no format_version (written before run folders were versioned)" if version is None else f"format_version {version}"
+        raise ResumeError(
+            f"{path} has {found}; this LongArena reads format_version {FORMAT_VERSION}. "
+            f"Start a new run folder; the old weights can still be loaded with longarena.models.checkpoint.load"
+        )
 
 
 def _get(tree: dict[str, Any], dotted: str) -> Any:

@@ -1,0 +1,59 @@
+"""LRA presets: one per task and family, every model within its task's parameter budget,
+the S4 ones on the S4 paper's published settings."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from longarena.config import ConfigError
+from longarena.train import configfile, presets
+from longarena.train.loop import model_for_task
+
+LRA_TASKS = ("listops", "text", "retrieval", "image", "pathfinder32", "pathx")
+FAMILIES = ("attention", "s4", "s5", "mamba", "performer", "linformer", "nystromformer", "longformer", "bigbird", "retnet", "mega", "hyena")
+
+
+def _parameters(name: str) -> int:
+    run = configfile.resolve(configfile.merge(configfile.defaults(), presets.get(name)))
+    # meta tensors cost no memory; RetNet's init copies values, which meta tensors cannot hold
+    with torch.device("cpu" if name.endswith("/retnet") else "meta"):
+        model = model_for_task(run.task, run.model)
+    return sum(p.numel() for p in model.parameters())
+
+
+def test_every_task_and_family_has_a_preset():
+    assert presets.names() == sorted(f"lra/{t}/{f}" for t in LRA_TASKS for f in FAMILIES)
+
+
+@pytest.mark.parametrize("task", LRA_TASKS)
+def test_presets_build_within_the_task_budget(task):
+    counts = {f: _parameters(f"lra/{task}/{f}") for f in FAMILIES}
+    over = {f: n for f, n in counts.items() if n > presets.BUDGETS[task]}
+    assert not over, f"over the {presets.BUDGETS[task]:,} budget of {task}: {over}"
+    # a budget is a ceiling, not a target, but no preset is trivially small beside it
+    assert min(counts.values()) > 0.15 * presets.BUDGETS[task]
+
+
+def test_s4_presets_follow_the_published_configs():
+    # state-spaces/s4 configs/experiment/lra/s4-listops.yaml: 6 layers x 256, d_state 4,
+    # lr 0.01, batch 32, weight decay 0.05, dropout 0, 40 epochs of 96k examples, warmup 12k
+    listops = presets.get("lra/listops/s4")
+    assert (listops["model"]["n_layers"], listops["model"]["d_model"], listops["model"]["dropout"]) == (6, 256, 0.0)
+    assert listops["model"]["mixer"]["s4"]["d_state"] == 4 and listops["model"]["mixer"]["s4"]["causal"] is False
+    t = listops["train"]
+    assert (t["lr"], t["batch_size"], t["weight_decay"], t["steps"], t["warmup"]) == (0.01, 32, 0.05, 40 * 96_000 // 32, 12_000)
+    # s4-pathfinder.yaml: 6 layers x 256, d_state 64, lr 0.004, batch 64, weight decay 0.05,
+    # dropout 0, 200 epochs of 160k examples, warmup 50k
+    path = presets.get("lra/pathfinder32/s4")
+    assert (path["model"]["n_layers"], path["model"]["d_model"], path["model"]["dropout"]) == (6, 256, 0.0)
+    assert path["model"]["mixer"]["s4"]["d_state"] == 64
+    t = path["train"]
+    assert (t["lr"], t["batch_size"], t["weight_decay"], t["steps"], t["warmup"]) == (0.004, 64, 0.05, 200 * 160_000 // 64, 50_000)
+
+
+def test_unknown_preset_lists_its_neighbours_and_aliases_work():
+    with pytest.raises(ConfigError, match=r"unknown preset 'lra/listops/s44'.*lra/listops/s4"):
+        presets.get("lra/listops/s44")
+    assert presets.get("lra/text/transformer") == presets.get("lra/text/attention")
+    assert "S4 paper" in presets.summaries()["lra/listops/s4"]
