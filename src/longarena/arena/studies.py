@@ -55,6 +55,7 @@ def names() -> list[str]:
 
 def run_study(kind: str, config: dict[str, Any], out_dir: str | Path, *, progress: bool = False) -> StudyResult:
     """Run one study; a failure becomes a result with ``error`` set so the arena goes on."""
+    import longarena.arena.study_kinds  # noqa: F401  (registers the built-in study kinds)
     if kind not in STUDIES:
         raise ConfigError(f"unknown study {kind!r}; known studies: {', '.join(names()) or '(none)'}")
     out = Path(out_dir)
