@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from longarena.cli import app
+from longarena.train.compare import compare
 
 runner = CliRunner()
 
@@ -73,6 +74,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
     assert [r["step"] for r in a] == [r["step"] for r in b]  # no step lost or logged twice
     assert [r.get("loss") for r in a] == [r.get("loss") for r in b]
     assert a[-1]["val_loss"] == b[-1]["val_loss"]
+    assert compare(a, b)["max_rel_gap"] == 0.0 and compare(a, b)["same_steps"]
     wa, wb = load_file(str(tmp_path / "whole" / "model.safetensors")), load_file(str(killed / "model.safetensors"))
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 

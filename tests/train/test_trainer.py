@@ -16,6 +16,7 @@ from longarena.tasks.base import IGNORE
 from longarena.train import TrainConfig, fit, model_for_task
 from longarena.train import checkpoint as train_checkpoint
 from longarena.train.checkpoint import ResumeError
+from longarena.train.loop import param_groups
 from longarena.train.trainer import accumulate_gradients, epoch_batches
 
 SMALL = ModelConfig(d_model=16, n_layers=1, mixer={"attention": {"n_heads": 2}})
@@ -71,6 +72,27 @@ def test_grad_accum_trains_like_one_big_batch(task):
     assert [r["loss"] for r in a.history] == pytest.approx([r["loss"] for r in b.history], rel=1e-5)
     for (name, p), q in zip(one.named_parameters(), four.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_state_space_parameters_get_no_decay_and_their_own_learning_rate(task):
+    config = SMALL.replace(pattern=("s4", "attention"), n_layers=2, mixer={"s4": {"d_state": 4}, "attention": {"n_heads": 2}})
+    model = model_for_task(task, config)
+    groups = param_groups(model, weight_decay=0.1, ssm_lr_scale=0.25)
+    names = {id(p): n for n, p in model.named_parameters()}
+    ssm = sorted(names[id(p)] for p in groups[2]["params"])
+    assert ssm == [f"backbone.layers.0.mixer.{n}" for n in ("b", "lam_im", "log_dt", "log_neg_re", "p")]
+    assert groups[2]["weight_decay"] == 0.0 and groups[2]["lr_scale"] == 0.25
+    decayed = {names[id(p)] for p in groups[0]["params"]}
+    assert "backbone.layers.0.mixer.c" in decayed and "backbone.layers.1.mixer.q_proj.weight" in decayed
+    assert not any("embed" in n or "norm" in n for n in decayed)
+    # Adam's first step moves every parameter with a gradient by about its learning rate
+    # (m / sqrt(v) = sign(g)), so the step sizes show the learning rate each group got
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    fit(model, task, TrainConfig(steps=1, batch_size=16, warmup=0, lr=1e-2, ssm_lr=1e-3, eval_batches=1, device="cpu"))
+    moved = {n: (p.detach() - before[n]).abs().max().item() for n, p in model.named_parameters()}
+    assert moved["backbone.layers.0.mixer.log_dt"] == pytest.approx(1e-3, rel=1e-3)
+    assert moved["backbone.layers.0.mixer.lam_im"] == pytest.approx(1e-3, rel=1e-3)
+    assert moved["backbone.layers.0.norm1.weight"] == pytest.approx(1e-2, rel=1e-3)
 
 
 def test_epochs_are_seeded_permutations_cut_into_full_batches():

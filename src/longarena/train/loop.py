@@ -48,6 +48,8 @@ class TrainConfig(Config):
     #: "bf16" autocasts the forward pass to bfloat16 (parameters and optimizer stay fp32)
     precision: str = "fp32"
     grad_accum: int = 1
+    #: learning rate of state-space parameters (S4/S5 A, B, step size; Mamba A, D); None: ``lr``
+    ssm_lr: float | None = None
     eval_batch_size: int = 64
     betas: tuple[float, ...] = (0.9, 0.98)
     #: with a run folder: write a metrics line every ``log_every`` steps, a checkpoint every
@@ -74,6 +76,8 @@ class TrainConfig(Config):
         for name in ("eval_batches", "eval_batch_size", "log_every", "keep_checkpoints"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.ssm_lr is not None and self.ssm_lr <= 0:
+            raise ConfigError(f"ssm_lr must be > 0 (or null for the main lr), got {self.ssm_lr}")
         if self.checkpoint_every < 0:
             raise ConfigError(f"checkpoint_every must be >= 0 (0: only at the end), got {self.checkpoint_every}")
         self.betas = tuple(self.betas)
@@ -191,14 +195,50 @@ def lr_at(step: int, config: TrainConfig) -> float:
 _lr_at = lr_at
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """AdamW groups: matrices decay; norms, biases and embeddings (1-D or named embed) do not."""
-    decay, no_decay = [], []
+#: state-space parameters (the recurrence's A, B, P and step size; Mamba's A and D): no
+#: weight decay, and ``ssm_lr`` as their learning rate, as the S4 and Mamba papers train them
+SSM_PARAMETERS: dict[str, tuple[str, ...]] = {
+    "s4": ("log_neg_re", "lam_im", "b", "p", "log_dt"),
+    "s4d": ("log_neg_re", "lam_im", "b", "log_dt"),
+    "s5": ("log_neg_re", "lam_im", "b", "log_dt"),
+    "mamba": ("A_log", "D"),
+}
+
+
+def _ssm_parameter_ids(model: nn.Module) -> set[int]:
+    from longarena import mixers
+
+    classes = {mixers.REGISTRY.factory(name): names for name, names in SSM_PARAMETERS.items()}
+    ids: set[int] = set()
+    for module in model.modules():
+        names = classes.get(type(module))
+        if names:
+            ids.update(id(p) for n, p in module.named_parameters(recurse=False) if n in names)
+    return ids
+
+
+def param_groups(model: nn.Module, weight_decay: float, ssm_lr_scale: float = 1.0) -> list[dict[str, Any]]:
+    """AdamW groups: matrices decay; norms, biases and embeddings (1-D or named embed) do not;
+    state-space parameters (``SSM_PARAMETERS``) do not, at ``ssm_lr_scale`` times the lr.
+
+    Each group carries ``lr_scale``, its learning rate relative to the schedule's.
+    """
+    ssm = _ssm_parameter_ids(model)
+    decay, no_decay, state_space = [], [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        (decay if p.dim() >= 2 and "embed" not in name else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        if id(p) in ssm:
+            state_space.append(p)
+        else:
+            (decay if p.dim() >= 2 and "embed" not in name else no_decay).append(p)
+    groups = [
+        {"params": decay, "weight_decay": weight_decay, "lr_scale": 1.0},
+        {"params": no_decay, "weight_decay": 0.0, "lr_scale": 1.0},
+    ]
+    if state_space:
+        groups.append({"params": state_space, "weight_decay": 0.0, "lr_scale": ssm_lr_scale})
+    return groups
 
 
 def train(model: nn.Module, task: Task, config: TrainConfig | None = None, *, progress: bool = False, description: str = "train") -> TrainResult:

@@ -99,6 +99,9 @@ NARROWER: dict[tuple[str, str], int] = {
 #: Linformer's length projections cost max_len x proj_len per layer (one shared by K and V)
 LINFORMER_PROJ = {"listops": 256, "text": 16, "retrieval": 16, "image": 128, "pathfinder32": 128, "pathx": 16}
 
+#: learning rate of the state-space parameters in the S4 experiment files (``lr: 0.001``)
+SSM_LR = 0.001
+
 #: published S4 settings (state-spaces/s4 configs/experiment/lra/s4-listops.yaml, s4-pathfinder.yaml)
 S4_PAPER: dict[str, dict[str, Any]] = {
     "listops": {
@@ -155,7 +158,10 @@ def _build(task: str, family: str) -> dict[str, Any]:
         model = {**model, **{k: v for k, v in paper["model"].items() if k != "mixer"}}
         model["mixer"] = {"s4": {**model["mixer"]["s4"], **paper["model"]["mixer"]["s4"]}}
         train_settings = paper["train"]
-    return {"task": registry, "task_config": dict(task_config), "model": model, "train": _train_section(task, train_settings)}
+    train = _train_section(task, train_settings)
+    if family in ("s4", "s5"):
+        train["ssm_lr"] = SSM_LR  # S4's A, B, dt learning rate (S5 uses the same)
+    return {"task": registry, "task_config": dict(task_config), "model": model, "train": train}
 
 
 PRESETS: dict[str, dict[str, Any]] = {

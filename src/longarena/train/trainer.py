@@ -272,14 +272,15 @@ def fit(
     state = checkpoint.load(ckpt_path, rank) if ckpt_path is not None else None
     if state is not None:
         model.load_state_dict(state["model"])
-    optimizer = torch.optim.AdamW(param_groups(model, config.weight_decay), lr=config.lr, betas=tuple(config.betas))
+    groups = param_groups(model, config.weight_decay, (config.ssm_lr or config.lr) / config.lr)
+    optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=tuple(config.betas))
     if state is not None:
+        if len(state["optimizer"]["param_groups"]) != len(optimizer.param_groups):
+            raise ResumeError(f"{ckpt_path}: the optimizer has {len(optimizer.param_groups)} parameter groups, the checkpoint {len(state['optimizer']['param_groups'])}")
         optimizer.load_state_dict(state["optimizer"])
-        # the current config, not the saved groups, sets decay and betas (the schedule sets lr);
-        # group 0 is the decayed one (param_groups)
-        optimizer.param_groups[0]["weight_decay"] = config.weight_decay
-        for group in optimizer.param_groups:
-            group["betas"] = tuple(config.betas)
+        # the current config, not the saved groups, sets decay, betas and lr scales
+        for group, fresh in zip(optimizer.param_groups, groups):
+            group.update(weight_decay=fresh["weight_decay"], lr_scale=fresh["lr_scale"], betas=tuple(config.betas))
         checkpoint.set_rng_state(state["rng"])
         position = state["position"]
         step, epoch, batch_index = int(position["step"]), int(position["epoch"]), int(position["batch"])
@@ -308,7 +309,7 @@ def fit(
                 micro_batches = [task.collate([data[i] for i in shard.tolist()]) for shard in shards]
                 lr = lr_at(step, config)
                 for group in optimizer.param_groups:
-                    group["lr"] = lr
+                    group["lr"] = lr * group["lr_scale"]
                 loss_value, tokens = accumulate_gradients(model, micro_batches, task.kind, acc)
                 if not math.isfinite(loss_value):
                     raise FloatingPointError(f"loss became {loss_value} at step {step}; lower the learning rate (now {config.lr})")
