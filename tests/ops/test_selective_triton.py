@@ -22,6 +22,8 @@ from longarena.testing.conformance import rel_error  # noqa: E402
 
 pytest.importorskip("triton")
 
+from longarena.ops.scan.selective_triton import Tiles  # noqa: E402
+
 TOL = {torch.float32: 1e-5, torch.bfloat16: 2e-2}
 
 
@@ -55,18 +57,23 @@ def _run(backend, inputs, dtype, device, **kw):
 NAMES = ("y", "h_last", "du", "ddelta", "dA", "dB", "dC", "dD", "dh0")
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+ONE_CHUNK = ((2, 33, 8, 4), Tiles(tile=1, chunk=40))
+CHUNKS = ((2, 33, 6, 3), Tiles(block_e=4, tile=4, chunk=8))
+
+
 @pytest.mark.parametrize(
-    "shape,kw",
-    [((2, 33, 8, 4), {}), ((2, 33, 6, 3), dict(chunk_size=8, block_e=4))],
-    ids=["one-chunk", "chunks-and-channel-blocks"],
+    "dtype,case",
+    [(torch.float32, ONE_CHUNK), (torch.float32, CHUNKS), (torch.bfloat16, CHUNKS)],
+    ids=["fp32-one-chunk-step-tiles", "fp32-chunks-and-channel-blocks", "bf16-chunks-and-channel-blocks"],
 )
-def test_triton_matches_reference(device, dtype, shape, kw):
-    """The second case restarts the backward from 5 checkpoints (the last 1 step long) and
-    splits E = 6 over two programs, the second half empty; N = 3 pads to a tile of 4."""
+def test_triton_matches_reference(device, dtype, case):
+    """One chunk: inputs loaded a step at a time, one checkpoint (7 steps of padding). Chunks:
+    the backward restarts from 5 checkpoints (the last holding 1 real step of 8), 4-step tiles,
+    E = 6 split over two programs (the second half empty), N = 3 padded to a tile of 4."""
+    shape, tiles = case
     inputs = _inputs(*shape)
     ref = _run("reference", inputs, torch.float32, "cpu")
-    out = _run("triton", inputs, dtype, device, **kw)
+    out = _run("triton", inputs, dtype, device, tiles=tiles)
     assert out[0].dtype == dtype and out[1].dtype == torch.float32
     for name, x, r in zip(NAMES, out, ref):
         assert x.dtype == (torch.float32 if name in ("h_last", "dA") else dtype), name
@@ -77,10 +84,10 @@ def test_triton_carries_state_and_runs_without_grad(device):
     """Two pieces with the state carried = one scan; no-grad calls and T = 0 work."""
     u, delta, a, b, c, d, h0 = (t.to(device) for t in _inputs(1, 21, 5, 4, seed=3))
     with torch.no_grad():
-        y, h_last = selective_scan(u, delta, a, b, c, d, h0, backend="triton", chunk_size=4)
+        y, h_last = selective_scan(u, delta, a, b, c, d, h0, backend="triton", tiles=Tiles(tile=4, chunk=4))
         y1, mid = selective_scan(u[:, :8], delta[:, :8], a, b[:, :8], c[:, :8], d, h0, backend="triton")
         rest = (u[:, 8:], delta[:, 8:], a, b[:, 8:], c[:, 8:], d)
-        y2, end = selective_scan(*rest, mid, backend="triton", chunk_size=4)
+        y2, end = selective_scan(*rest, mid, backend="triton", tiles=Tiles(tile=2, chunk=3))
         ref_y, ref_h = selective_scan(u, delta, a, b, c, d, h0, backend="reference")
         none = (u[:, :0], delta[:, :0], a, b[:, :0], c[:, :0], d, h0)
         empty_y, empty_h = selective_scan(*none, backend="triton")
@@ -95,6 +102,6 @@ def test_triton_carries_state_and_runs_without_grad(device):
 def test_triton_bad_tiles_say_what_was_expected(device):
     u, delta, a, b, c, d, h0 = (t.to(device) for t in _inputs(1, 4, 4, 2))
     with pytest.raises(ValueError, match="block_e must be a power of two"):
-        selective_scan(u, delta, a, b, c, backend="triton", block_e=6)
-    with pytest.raises(ValueError, match="chunk_size must be a positive int"):
-        selective_scan(u, delta, a, b, c, backend="triton", chunk_size=0)
+        selective_scan(u, delta, a, b, c, backend="triton", tiles=Tiles(block_e=6))
+    with pytest.raises(ValueError, match="chunk must be a positive int"):
+        selective_scan(u, delta, a, b, c, backend="triton", tiles=Tiles(chunk=0))

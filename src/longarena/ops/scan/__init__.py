@@ -118,7 +118,7 @@ def selective_scan(
     """Mamba's selective scan (see :mod:`.selective`): ``(y: (B, T, E), h_last: (B, E, N))``.
 
     u, delta: (B, T, E); a: (E, N); b, c: (B, T, N); d: (E,) or None; h0: (B, E, N) or None.
-    ``kwargs``: ``block``, ``chunk_size`` (chunked); ``chunk_size``, ``block_e`` (triton).
+    ``kwargs``: ``block``, ``chunk_size`` (chunked); ``tiles`` (triton: :class:`.selective_triton.Tiles`).
     """
     bsz, t_len, e = u.shape
     n = a.shape[-1]
