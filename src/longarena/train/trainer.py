@@ -52,7 +52,7 @@ def make_accelerator(config: TrainConfig):
     so a single-process state of another precision or device is reset first. Under
     ``accelerate launch`` the process group is kept and only the precision may change.
     """
-    from accelerate import Accelerator
+    from accelerate import Accelerator, DistributedDataParallelKwargs
     from accelerate.state import AcceleratorState, PartialState
 
     if config.device == "cuda" and not torch.cuda.is_available():
@@ -70,7 +70,10 @@ def make_accelerator(config: TrainConfig):
     shared = AcceleratorState._shared_state
     if shared and shared.get("_mixed_precision") != mixed:
         AcceleratorState._reset_state()
-    return Accelerator(mixed_precision=mixed, cpu=cpu)
+    # some mixers leave parameters out of a given forward (a variant's unused projection);
+    # DDP then waits forever for their gradients unless told to look for them
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
+    return Accelerator(mixed_precision=mixed, cpu=cpu, kwargs_handlers=[ddp])
 
 
 def epoch_batches(n: int, batch_size: int, seed: int, epoch: int) -> Tensor:
