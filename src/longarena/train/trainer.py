@@ -259,7 +259,12 @@ def fit(
             f"evenly over the {world} processes; choose a batch_size divisible by {config.grad_accum * world}"
         )
     local = micro // world
-    data = task.split("train")
+    # rank 0 generates (and caches) the splits first; the others then read them, instead of
+    # every process generating the same seeded data at once. Validation is read now, not
+    # after the whole run, so a missing file fails before training.
+    with acc.main_process_first():
+        data = task.split("train")
+        task.split("validation")
     per_epoch = len(data) // config.batch_size
     if per_epoch == 0 and config.steps > 0:
         raise ConfigError(f"batch_size {config.batch_size} is larger than the {len(data)} training examples of {task!r}")
