@@ -130,6 +130,7 @@ def test_bad_input_is_explained(tmp_path):
     assert changed.exit_code == 2 and "model.d_model (16 -> 32)" in changed.output
     longer = _train("--out", str(tmp_path / "run"), "--resume", "--steps", "3")
     assert longer.exit_code == 0 and "changed settings: train.steps" in longer.output
+    assert [(r["step"], bool(r.get("final"))) for r in _metrics(tmp_path / "run")] == [(1, False), (2, False), (3, False), (3, True)]
 
     # a run folder written before run folders were versioned (the old --out layout)
     old = tmp_path / "old"

@@ -153,10 +153,12 @@ def evaluate(
     *,
     batch_size: int = 64,
     max_batches: int | None = None,
-    device: str | torch.device = "cpu",
+    device: str | torch.device | None = None,
     accelerator: Any = None,
 ) -> dict[str, float]:
     """Mean per-batch loss and accuracy (scored tokens for LMs, sequences for classifiers).
+
+    Batches go to ``device`` (default: where the model's parameters are).
 
     With an ``accelerator`` of several processes, process ``r`` scores batches ``r, r + P,
     ...`` and the sums are reduced, so the result equals a single process's.
@@ -166,6 +168,8 @@ def evaluate(
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
     if accelerator is not None:
         device = accelerator.device
+    elif device is None:
+        device = next(model.parameters()).device
     sums = torch.zeros(4, dtype=torch.float64)  # loss of each batch, correct, scored, batches
     for i, batch in enumerate(task.loader(split, batch_size, shuffle=False)):
         if max_batches is not None and i >= max_batches:

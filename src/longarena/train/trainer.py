@@ -143,8 +143,10 @@ class RunFolder:
         _atomic_text(self.path / CONFIG_FILE, json.dumps(meta, indent=2))
         metrics = self.path / METRICS_FILE
         if resume_step is not None and metrics.exists():
-            # lines written after the checkpoint by the killed run are replayed by this one
-            kept = [line for line in metrics.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= resume_step]
+            # lines written after the checkpoint by the killed run are replayed by this one, and
+            # a finished run resumed to train longer gets a new final line
+            records = [(line, json.loads(line)) for line in metrics.read_text().splitlines() if line.strip()]
+            kept = [line for line, r in records if r.get("step", 0) <= resume_step and not r.get("final")]
             _atomic_text(metrics, "".join(line + "\n" for line in kept))
         elif resume_step is None and metrics.exists():
             metrics.unlink()
