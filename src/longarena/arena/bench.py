@@ -492,6 +492,12 @@ class BenchConfig(Config):
             raise ConfigError(f"d_model, batch and repeats must be positive, got {self.d_model}, {self.batch}, {self.repeats}")
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise ConfigError(f"dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
+        try:
+            device = torch.device(self.device)
+        except RuntimeError as exc:
+            raise ConfigError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {self.device!r}") from exc
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError(f"device {self.device!r} asked for, but torch sees no CUDA GPU here; use --device cpu")
 
     def peer_names(self) -> list[str]:
         names = list(PEERS) if "auto" in self.peers else [p for p in self.peers if p != "none"]

@@ -38,6 +38,15 @@ def save_png(fig, path: str | os.PathLike, *, dpi: int = 120) -> Path:
     return path
 
 
+def plain_log_ticks(axis) -> None:
+    """Ticks at 1, 2, 5 x 10^k labelled as plain numbers (1000, not 10^3); minor ticks unlabelled."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))
+    axis.set_minor_formatter(NullFormatter())
+
+
 def _finite(points: Sequence[tuple[float, float | None]]) -> list[tuple[float, float]]:
     return [(x, y) for x, y in points if y is not None and math.isfinite(y) and y > 0]
 
@@ -60,7 +69,7 @@ def loglog_panels(
     panel (where a series ran out of memory).
     """
     plt = pyplot()
-    from matplotlib.ticker import FuncFormatter, NullFormatter
+    from matplotlib.ticker import NullFormatter
 
     names = list(panels)
     legend_in = 1.9
@@ -88,8 +97,7 @@ def loglog_panels(
             ax.set_yscale("log")
             ax.set_xticks(xs, [f"{x:g}" for x in xs], rotation=45 if len(xs) > 4 else 0)
             ax.xaxis.set_minor_formatter(NullFormatter())
-            ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))
-            ax.yaxis.set_minor_formatter(NullFormatter())
+            plain_log_ticks(ax.yaxis)
         else:
             ax.text(0.5, 0.5, "no measurements", ha="center", va="center", transform=ax.transAxes)
         ax.set_title(panel, fontsize=10)

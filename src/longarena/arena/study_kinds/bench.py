@@ -7,7 +7,7 @@ every cell as a multiple of the baseline measured in the same run.
 Config keys (defaults: the quick suite's, about a minute on 2 CPU cores):
 
 - ``mixers`` ("attention", "mamba", "s4d", "retnet", "hyena", "performer", "longformer")
-- ``lengths`` (256, 512, 1024, 2048, 4096)
+- ``lengths`` (256, 1024, 4096)
 - ``modes`` ("fwd", "fwd_bwd"); "step" adds decode-step latency
 - ``peers`` ("auto",): every installed peer ("none" for none, or peer names)
 - ``baseline`` "attention"
@@ -27,7 +27,7 @@ from longarena.arena.studies import StudyResult, register
 
 DEFAULTS: dict[str, Any] = dict(
     mixers=("attention", "mamba", "s4d", "retnet", "hyena", "performer", "longformer"),
-    lengths=(256, 512, 1024, 2048, 4096),
+    lengths=(256, 1024, 4096),
     modes=("fwd", "fwd_bwd"),
     repeats=2,
 )

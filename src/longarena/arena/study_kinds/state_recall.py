@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from longarena import mixers, tasks
-from longarena.arena.plots import markdown_table, pyplot, save_png
+from longarena.arena.plots import markdown_table, plain_log_ticks, pyplot, save_png
 from longarena.arena.studies import StudyResult, register
 from longarena.config import Config, ConfigError
 
@@ -102,6 +102,7 @@ def plot(points: list[dict[str, Any]], chance: float, path: Path, subtitle: str)
                         xytext=(4, 4), fontsize=7)
     ax.axhline(chance, color="gray", ls=":", lw=1, label="chance")
     ax.set_xscale("log")
+    plain_log_ticks(ax.xaxis)
     ax.set_ylim(0, 1)
     ax.set_xlabel("recurrent state size (numbers per sequence at the task length)")
     ax.set_ylabel("MQAR recall accuracy")
