@@ -83,6 +83,16 @@ def epoch_batches(n: int, batch_size: int, seed: int, epoch: int) -> Tensor:
     return order[: per_epoch * batch_size].view(per_epoch, batch_size)
 
 
+def step_shards(indices: Tensor, grad_accum: int, processes: int, rank: int) -> Tensor:
+    """This process's example indices of one step: (B,) -> (A, B / (A P)), micro-batch by row.
+
+    Micro-batch ``a`` is the ``a``-th contiguous slice of the step's batch and process ``r``
+    takes the ``r``-th contiguous part of each, so the processes' shards are disjoint and
+    together make up the batch.
+    """
+    return indices.view(grad_accum, processes, -1)[:, rank]
+
+
 def _tokens(batch: dict[str, Tensor]) -> int:
     return sum(int(v.sum()) for k, v in batch.items() if k.startswith("attention_mask"))
 
@@ -315,7 +325,7 @@ def fit(
             plan = epoch_batches(len(data), config.batch_size, config.seed, epoch)
             while batch_index < per_epoch and step < config.steps:
                 tick = time.perf_counter()
-                shards = plan[batch_index].view(config.grad_accum, world, local)[:, rank]  # (A, B / (A P))
+                shards = step_shards(plan[batch_index], config.grad_accum, world, rank)
                 micro_batches = [task.collate([data[i] for i in shard.tolist()]) for shard in shards]
                 lr = lr_at(step, config)
                 for group in optimizer.param_groups:
