@@ -184,3 +184,25 @@ def test_bench_command_writes_json_table_and_plots(tmp_path):
                            (["--peers", "flash"], "known peers")):
         bad = CliRunner().invoke(app, ["bench", *args, "--out", str(tmp_path / "bad")])
         assert bad.exit_code == 2 and expected in bad.output, (args, bad.output)
+
+
+OUTSIDE_PEERS = [name for name, peer in bench.PEERS.items() if name != "sdpa" and not peer.needs_cuda]
+
+
+@pytest.mark.parametrize("name", OUTSIDE_PEERS)
+def test_an_installed_outside_peer_keeps_the_causal_bt_d_contract(name):
+    peer = bench.PEERS[name]
+    if peer.import_error() is not None:
+        pytest.skip(f"{name}: {peer.import_error()}")
+    torch.manual_seed(0)
+    module = peer.build(16, 2).eval()
+    x = torch.randn(2, 40, 16)
+    y = module(x)
+    assert y.shape == x.shape and torch.isfinite(y).all()
+    # causal: changing the future leaves the past's outputs as they were, up to rounding (performer-pytorch
+    # stabilises its key features with a maximum over the whole sequence, which cancels only in exact arithmetic)
+    x2 = x.clone()
+    x2[:, 25:] += 1.0
+    y2 = module(x2)
+    assert (y2[:, 25:] - y[:, 25:]).abs().max() > 0.05
+    torch.testing.assert_close(y2[:, :25], y[:, :25], atol=5e-3, rtol=0)
