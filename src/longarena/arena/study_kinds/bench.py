@@ -25,12 +25,12 @@ from longarena.arena.bench import BenchConfig, BenchReport, run_bench
 from longarena.arena.plots import markdown_table
 from longarena.arena.studies import StudyResult, register
 
-DEFAULTS: dict[str, Any] = dict(
-    mixers=("attention", "mamba", "s4d", "retnet", "hyena", "performer", "longformer"),
-    lengths=(256, 1024, 4096),
-    modes=("fwd", "fwd_bwd"),
-    repeats=2,
-)
+DEFAULTS: dict[str, Any] = {
+    "mixers": ("attention", "mamba", "s4d", "retnet", "hyena", "performer", "longformer"),
+    "lengths": (256, 1024, 4096),
+    "modes": ("fwd", "fwd_bwd"),
+    "repeats": 2,
+}
 
 
 def pivot(report: BenchReport, field: str, mode: str) -> str:
@@ -64,10 +64,10 @@ def study(config: dict[str, Any], out_dir: Path, progress: bool) -> StudyResult:
     report = run_bench(c, progress=show)
     figures = [p.name for p in report.plot(out_dir, prefix="bench")]
     base = c.baseline
-    parts = [f"Milliseconds per call on {report.device_name} ({c.dtype}, d_model {c.d_model}, batch {c.batch}, "
-             f"median of {c.repeats} after a warm-up), and in brackets the multiple of `{base}` at the same length "
-             f"and mode, measured in the same run. On the log-log plots a slope of 1 is linear in T, 2 quadratic; "
-             f"dashed lines are peers (outside implementations)."]
+    parts = [(f"Milliseconds per call on {report.device_name} ({c.dtype}, d_model {c.d_model}, batch {c.batch}, "
+              f"median of {c.repeats} after a warm-up), and in brackets the multiple of `{base}` at the same length "
+              "and mode, measured in the same run. On the log-log plots a slope of 1 is linear in T, 2 quadratic; "
+              "dashed lines are peers (outside implementations).")]
     for mode in c.modes:
         parts.append(pivot(report, "ms", mode))
     if any(r.peak_mb is not None for r in report.results):

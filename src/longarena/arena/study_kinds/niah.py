@@ -109,10 +109,10 @@ def study(config: dict[str, Any], out_dir: Path, progress: bool) -> StudyResult:
     parts = [
         note,
         markdown_table(["depth \\ length"] + [str(n) for n in grid.lengths], rows),
-        f"Each cell is the {grid.kind} probe's score (1 = the answer was found in the greedy output, 0 = not; the "
-        f"mean over {grid.samples} probe(s)) with the needle at that depth of a context of that many {unit}. "
-        f"A model that uses its whole context is green everywhere; misses at one depth show where it loses track. "
-        f"Mean score {result.mean():.2f}.",
+        (f"Each cell is the {grid.kind} probe's score (1 = the answer was found in the greedy output, 0 = not; the "
+         f"mean over {grid.samples} probe(s)) with the needle at that depth of a context of that many {unit}. "
+         "A model that uses its whole context is green everywhere; misses at one depth show where it loses track. "
+         f"Mean score {result.mean():.2f}."),
     ]
     data = {**result.to_dict(), "model_name": adapter.name, "note": note}
     return StudyResult("niah", f"Needle in a haystack: {adapter.name}", data, [figure], "\n\n".join(parts))

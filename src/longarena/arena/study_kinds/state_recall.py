@@ -137,10 +137,10 @@ def study(config: dict[str, Any], out_dir: Path, progress: bool) -> StudyResult:
     rows = [[p["mixer"], p["d_model"], f"{p['state_size']:,}", f"{p['accuracy']:.3f}", f"{p['loss']:.3f}",
              f"{p['parameters']:,}", f"{p['seconds']:.1f}"] for p in points]
     parts = [markdown_table(["mixer", "d_model", "state size", "accuracy", "loss", "params", "seconds"], rows),
-             f"Each point is one model trained for {c.steps} steps on MQAR ({subtitle}); chance is {chance:.3f}. "
-             "Further right means more numbers carried per sequence; higher means better recall. Zoology's finding "
-             "is that recall tracks state size: attention's KV cache buys recall with memory that grows with "
-             "the length, while fixed-state mixers trade recall for constant memory."]
+             (f"Each point is one model trained for {c.steps} steps on MQAR ({subtitle}); chance is {chance:.3f}. "
+              "Further right means more numbers carried per sequence; higher means better recall. Zoology's finding "
+              "is that recall tracks state size: attention's KV cache buys recall with memory that grows with "
+              "the length, while fixed-state mixers trade recall for constant memory.")]
     if failed:
         parts.append("Not trained: " + "; ".join(f"`{k}`: {v}" for k, v in failed.items()))
     data = {"points": points, "chance": chance, "task": tc.to_dict(), "config": c.to_dict(), "failed": failed}

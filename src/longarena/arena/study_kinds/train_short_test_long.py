@@ -340,10 +340,10 @@ def study(config: dict[str, Any], out_dir: Path, progress: bool) -> StudyResult:
     best = min(growth, key=growth.get)
     markdown = "\n\n".join([
         table(result),
-        f"Each model was trained on sequences of {L} tokens ({c.steps} steps) and scored on the same "
-        f"{result['eval_tokens']:,} held-out tokens cut into windows of each length; lower is better, and the "
-        f"dotted floor is the true model's perplexity. A scheme that extrapolates stays flat (or improves) "
-        f"past {L}: here {best} changes least, by a factor {growth[best]:.2f} at {longest} tokens.",
+        (f"Each model was trained on sequences of {L} tokens ({c.steps} steps) and scored on the same "
+         f"{result['eval_tokens']:,} held-out tokens cut into windows of each length; lower is better, and the "
+         "dotted floor is the true model's perplexity. A scheme that extrapolates stays flat (or improves) "
+         f"past {L}: here {best} changes least, by a factor {growth[best]:.2f} at {longest} tokens."),
     ])
     data = {
         "lengths": result["lengths"],
