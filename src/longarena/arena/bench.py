@@ -562,6 +562,7 @@ class BenchReport:
         peers = [r.mixer for r in self.results if r.kind == "peer"]
         modes = [m for m in self.config.modes if any(r.mode == m for r in self.results)]
         where = f"{self.device_name}, {self.config.dtype}, d_model {self.config.d_model}, batch {self.config.batch}"
+        oom_note = "; x: out of memory" if any(r.status == "oom" for r in self.results) else ""
         paths = []
         for field, label, name in (("ms", "time (ms)", "time"), ("peak_mb", "peak memory (MiB)", "memory")):
             if not any(getattr(r, field) is not None for r in self.results):
@@ -571,7 +572,7 @@ class BenchReport:
             marks = {m: {s: [r.seq_len for r in self.results if r.mixer == s and r.mode == m and r.status == "oom"]
                          for s in self.subjects()} for m in modes}
             paths.append(loglog_panels(panels, out / f"{prefix}_{name}.png", xlabel="sequence length T", ylabel=label,
-                                       title=f"{name} vs length ({where}); x: out of memory", dashed=peers,
+                                       title=f"{name} vs length ({where})" + oom_note, dashed=peers,
                                        marks=marks))
         return paths
 
