@@ -29,16 +29,6 @@ def test_version_and_list():
     assert "bogus" in runner.invoke(app, ["list", "bogus"]).output
 
 
-def test_arena_smoke_suite_writes_a_report(tmp_path):
-    result = runner.invoke(app, ["arena", "--suite", "smoke", "--out", str(tmp_path), "--only", "attention"], terminal_width=200)
-    assert result.exit_code == 0, result.output
-    data = json.loads((tmp_path / "results.json").read_text())
-    cells = {(r["task"], r["mixer"]) for r in data["results"]}
-    assert cells == {("associative_recall", "attention"), ("majority", "attention")}
-    assert all(r["error"] is None and 0.0 <= r["accuracy"] <= 1.0 for r in data["results"])
-    assert "| majority | attention |" in (tmp_path / "report.md").read_text()
-
-
 def test_train_saves_a_checkpoint_and_bad_names_are_explained(tmp_path):
     result = runner.invoke(app, [
         "train", "--steps", "2", "--batch-size", "4", "--d-model", "16", "--layers", "1",

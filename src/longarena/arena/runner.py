@@ -1,20 +1,51 @@
-"""Runs a suite: trains one model per (cell, mixer), collects metrics, writes a report."""
+"""Runs a suite: trains one model per (cell, mixer), runs the studies, writes a report folder.
+
+Every finished cell and study is cached in the run folder, keyed by a hash of everything
+that decides its result (the cell's task, model shape, the mixer's full config and the
+training budget, all with defaults filled in, plus the arena format version), so an
+interrupted ``longarena arena --out DIR`` picks up where it stopped::
+
+    DIR/arena.json                           format version of the folder
+    DIR/cells/<task>__<mixer>__<key>.json    one trained cell
+    DIR/studies/<kind>__<key>/result.json    one study, beside the figures it wrote
+    DIR/results.json, report.md, report.html, *.png   the report (see report.py)
+
+Failed cells and studies are reported but not cached, so the next run tries them again.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import datetime
+import hashlib
 import json
 import os
+import platform
+import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
+import longarena
 from longarena import mixers, models, tasks
-from longarena.arena.suites import Cell, Suite
+from longarena.arena import studies
+from longarena.arena.suites import Cell, StudySpec, Suite
+from longarena.config import ConfigError
 from longarena.models.backbone import ModelConfig
 from longarena.train.loop import model_for_task, train
+
+#: bump when the cached files or results.json change shape; older run folders are refused
+FORMAT_VERSION = 2
+MANIFEST = "arena.json"
+#: training-loss points kept per cell for the report's curves
+CURVE_POINTS = 60
+
+
+class RunFolderError(ConfigError):
+    """The run folder was written by another format version of the arena."""
 
 
 @dataclasses.dataclass
@@ -27,18 +58,138 @@ class CellResult:
     state_size: int | None
     seconds: float
     error: str | None = None
+    #: the task's kind (lm: accuracy over scored tokens; classification/retrieval: over sequences)
+    task_kind: str = ""
+    #: (step, training loss) pairs, thinned to at most CURVE_POINTS
+    curve: list[list[float]] = dataclasses.field(default_factory=list)
+    #: index of the cell in the suite, and the cache key of this (cell, mixer)
+    cell: int = 0
+    key: str = ""
+    #: loaded from the run folder's cache instead of trained in this run
+    cached: bool = False
 
 
-def _mixer_names(cell: Cell, task_kind: str) -> list[str]:
-    if isinstance(cell.mixers, str):
-        if cell.mixers not in ("all", "causal"):
-            return [cell.mixers]
-        names = mixers.names()
-    else:
-        names = list(cell.mixers)
+@dataclasses.dataclass
+class StudyRecord:
+    """A study's result with where it lives in the run folder."""
+
+    spec: StudySpec
+    result: studies.StudyResult
+    #: the study's folder, relative to the run folder; its figures are relative to it
+    folder: str
+    key: str
+    cached: bool = False
+
+
+@dataclasses.dataclass
+class ArenaRun:
+    suite: Suite
+    cells: list[CellResult]
+    studies: list[StudyRecord]
+    seconds: float
+    selected: list[str] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``results.json`` payload (see results.schema.json)."""
+        return {
+            "format_version": FORMAT_VERSION,
+            "suite": self.suite.to_dict(),
+            "library": {"name": "longarena", "version": longarena.__version__},
+            "machine": machine_info(),
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "seconds": self.seconds,
+            "selected_mixers": self.selected,
+            "cells": [dataclasses.asdict(c) for c in self.cells],
+            "studies": [
+                {
+                    "kind": s.spec.kind,
+                    "title": s.spec.title or s.result.title,
+                    "config": s.spec.config,
+                    "folder": s.folder,
+                    "key": s.key,
+                    "cached": s.cached,
+                    "data": s.result.data,
+                    "figures": [f"{s.folder}/{f}" for f in s.result.figures],
+                    "markdown": s.result.markdown,
+                    "seconds": s.result.seconds,
+                    "error": s.result.error,
+                }
+                for s in self.studies
+            ],
+        }
+
+
+def machine_info() -> dict[str, Any]:
+    """What the timings in a report depend on."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpu": cpu,
+        "cpu_cores": cores,
+        "torch_threads": torch.get_num_threads(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+
+
+def mixer_names(cell: Cell, task_kind: str) -> list[str]:
+    """The mixers (and whole models) a cell compares; only causal ones on LM tasks."""
+    names = mixers.names() if isinstance(cell.mixers, str) else [n for n in cell.mixers if n not in cell.models]
     if task_kind == "lm":
         names = [n for n in names if mixers.is_causal(n, **cell.mixer_overrides.get(n, {}))]
     return names + [n for n in cell.models if n not in names]
+
+
+def _overrides(cell: Cell, mixer: str, task_kind: str) -> dict[str, Any]:
+    overrides = dict(cell.mixer_overrides.get(mixer, {}))
+    if task_kind != "lm" and mixer == "attention":
+        overrides.setdefault("causal", False)
+    return overrides
+
+
+def _hash(payload: dict[str, Any]) -> str:
+    text = json.dumps(payload, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def cell_key(cell: Cell, mixer: str, task: Any = None) -> str:
+    """Hash of everything that decides one (cell, mixer) result, defaults filled in.
+
+    Filling defaults makes a changed library default a different key (the old result is
+    not reused); other mixers of the cell are not part of it, so adding one to a suite
+    keeps the others' cached results.
+    """
+    task = task or tasks.get(cell.task, **cell.task_config)
+    if mixer in cell.models:
+        model = {"model": mixer, "fields": cell.models[mixer]}
+    else:
+        overrides = _overrides(cell, mixer, task.kind)
+        try:
+            model = {"mixer": mixer, "config": mixers.make_config(mixer, cell.d_model, **overrides).to_dict()}
+        except (ValueError, KeyError):  # a bad config: run_cell reports it; the key only has to be stable
+            model = {"mixer": mixer, "overrides": overrides}
+    return _hash({
+        "format": FORMAT_VERSION,
+        "task": cell.task,
+        "task_config": task.config.to_dict(),
+        "d_model": cell.d_model,
+        "n_layers": cell.n_layers,
+        "model": model,
+        "train": cell.train_config().to_dict(),
+    })
+
+
+def study_key(spec: StudySpec) -> str:
+    """Hash of a study's kind and config; the library version stands for the study's own
+    defaults, which a config that leaves keys out relies on."""
+    return _hash({"format": FORMAT_VERSION, "kind": spec.kind, "config": spec.config, "library": longarena.__version__})
 
 
 def _whole_model(cell: Cell, name: str, task) -> torch.nn.Module:
@@ -50,18 +201,24 @@ def _whole_model(cell: Cell, name: str, task) -> torch.nn.Module:
     return models.get(name, **fields)
 
 
-def run_cell(cell: Cell, mixer: str, *, progress: bool = False) -> CellResult:
+def _curve(history: list[dict[str, float]]) -> list[list[float]]:
+    stride = max(1, -(-len(history) // CURVE_POINTS))
+    picked = history[stride - 1::stride]
+    if history and (not picked or picked[-1] is not history[-1]):
+        picked.append(history[-1])
+    return [[float(h["step"]), float(h["loss"])] for h in picked]
+
+
+def run_cell(cell: Cell, mixer: str, *, progress: bool = False, task: Any = None) -> CellResult:
     """Train and evaluate one mixer (or one whole model named in ``cell.models``) on the cell's task."""
-    task = tasks.get(cell.task, **cell.task_config)
-    overrides = dict(cell.mixer_overrides.get(mixer, {}))
-    if task.kind != "lm" and mixer == "attention":
-        overrides.setdefault("causal", False)
+    task = task or tasks.get(cell.task, **cell.task_config)
     start = time.perf_counter()
     try:
         torch.manual_seed(cell.train_config().seed)
         if mixer in cell.models:
             model = _whole_model(cell, mixer, task)
         else:
+            overrides = _overrides(cell, mixer, task.kind)
             config = ModelConfig(d_model=cell.d_model, n_layers=cell.n_layers, pattern=(mixer,),
                                  mixer={mixer: overrides} if overrides else {})
             model = model_for_task(task, config)
@@ -70,60 +227,153 @@ def run_cell(cell: Cell, mixer: str, *, progress: bool = False) -> CellResult:
             state = model.backbone.state_size(task.seq_len) if task.kind == "lm" else None
         except (NotImplementedError, AttributeError):
             state = None
-        return CellResult(cell.task, mixer, result.final["accuracy"], result.final["loss"], result.parameters, state, result.seconds)
+        return CellResult(cell.task, mixer, result.final["accuracy"], result.final["loss"], result.parameters, state,
+                          result.seconds, task_kind=task.kind, curve=_curve(result.history))
     except Exception as exc:  # one broken mixer must not sink the whole comparison
-        return CellResult(cell.task, mixer, None, None, 0, None, time.perf_counter() - start, f"{type(exc).__name__}: {exc}")
-
-
-def run_suite(suite: Suite, out_dir: str | os.PathLike | None = None, *, progress: bool = True, only: list[str] | None = None, console: Any = None) -> list[CellResult]:
-    """Run every (cell, mixer) of ``suite``; write ``results.json`` and ``report.md`` to ``out_dir``."""
-    results: list[CellResult] = []
-    for cell in suite.cells:
-        kind = tasks.get(cell.task, **cell.task_config).kind
-        for name in _mixer_names(cell, kind):
-            if only and name not in only:
-                continue
-            result = run_cell(cell, name, progress=progress)
-            results.append(result)
-            if console is not None:
-                status = f"acc {result.accuracy:.3f}" if result.error is None else f"[red]error[/red] {result.error}"
-                console.print(f"  {cell.task:<20} {name:<16} {status}  ({result.seconds:.1f}s)")
-    if out_dir is not None:
-        write_report(suite, results, Path(out_dir))
-    return results
+        return CellResult(cell.task, mixer, None, None, 0, None, time.perf_counter() - start,
+                          f"{type(exc).__name__}: {exc}", task_kind=task.kind)
 
 
 def _atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
 
 
-def results_table(results: list[CellResult]) -> list[list[str]]:
+def _read_json(path: Path) -> dict[str, Any] | None:
+    """A cached file's content, or None when it is missing or unreadable (it is then re-run)."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and data.get("format_version") == FORMAT_VERSION else None
+
+
+def check_run_folder(out_dir: Path, *, fresh: bool = False) -> None:
+    """Refuse a run folder another arena format wrote (``fresh`` re-runs everything into it)."""
+    manifest = out_dir / MANIFEST
+    if manifest.is_file():
+        try:
+            version = json.loads(manifest.read_text()).get("format_version")
+        except (OSError, ValueError, AttributeError):
+            version = None
+    elif (out_dir / "results.json").is_file():
+        version = 1  # the first arena wrote results.json and report.md with no manifest
+    else:
+        return
+    if version == FORMAT_VERSION:
+        return
+    if isinstance(version, int) and version > FORMAT_VERSION:
+        raise RunFolderError(
+            f"run folder {out_dir} was written by a newer LongArena (arena format {version}; this one "
+            f"reads format {FORMAT_VERSION}); upgrade longarena or choose another --out"
+        )
+    if not fresh:
+        raise RunFolderError(
+            f"run folder {out_dir} was written by an older LongArena (arena format {version}; this one writes "
+            f"format {FORMAT_VERSION}) and its results cannot be reused; pass --fresh to re-run everything "
+            "into it, or choose another --out"
+        )
+
+
+def _select(suite: Suite, only: list[str] | None) -> list[tuple[int, Cell, Any, list[str]]]:
+    """(index, cell, task, mixer names) for every cell, restricted to ``only`` when given."""
+    plan = []
+    for i, cell in enumerate(suite.cells):
+        task = tasks.get(cell.task, **cell.task_config)
+        names = mixer_names(cell, task.kind)
+        plan.append((i, cell, task, [n for n in names if not only or n in only]))
+    if only:
+        known = sorted({n for _, cell, task, _ in plan for n in mixer_names(cell, task.kind)})
+        unknown = [n for n in only if n not in known]
+        if unknown:
+            registered = mixers.names() + [n for n in models.names() if any(n in c.models for c in suite.cells)]
+            what = "not in suite" if all(n in registered for n in unknown) else "unknown mixer(s)"
+            raise ConfigError(
+                f"{what} {unknown}: suite {suite.name!r} compares {', '.join(known)}"
+                + ("" if what == "not in suite" else f"; known mixers: {', '.join(mixers.names())}")
+            )
+    return plan
+
+
+def run_suite(
+    suite: Suite,
+    out_dir: str | os.PathLike | None = None,
+    *,
+    only: list[str] | None = None,
+    fresh: bool = False,
+    progress: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> ArenaRun:
+    """Run every (cell, mixer) of ``suite``, then its studies; write the report to ``out_dir``.
+
+    With ``out_dir``, finished cells and studies found there are loaded instead of re-run
+    (``fresh=True`` re-runs them); ``only`` restricts the cells to these mixers/models.
+    """
+    from longarena.arena import report
+
+    say = log or (lambda _msg: None)
+    out = Path(out_dir) if out_dir is not None else None
+    plan = _select(suite, only)
+    if out is not None:
+        check_run_folder(out, fresh=fresh)
+        _atomic_write(out / MANIFEST, json.dumps({"format_version": FORMAT_VERSION, "library_version": longarena.__version__}))
+    start = time.perf_counter()
+    cells: list[CellResult] = []
+    for index, cell, task, names in plan:
+        for name in names:
+            key = cell_key(cell, name, task)
+            path = out / "cells" / f"{cell.task}__{name}__{key}.json" if out is not None else None
+            cached = None if fresh or path is None else _read_json(path)
+            if cached is not None and cached.get("key") == key:
+                result = CellResult(**{**cached["result"], "cached": True})
+            else:
+                result = run_cell(cell, name, progress=progress, task=task)
+                result.key = key
+                if path is not None and result.error is None:
+                    _atomic_write(path, json.dumps({"format_version": FORMAT_VERSION, "key": key,
+                                                    "cell": cell.to_dict(), "result": dataclasses.asdict(result)}))
+            result.cell, result.key = index, key
+            cells.append(result)
+            status = f"acc {result.accuracy:.3f}" if result.error is None else f"error {result.error}"
+            say(f"  {cell.task:<20} {name:<16} {status}  ({result.seconds:.1f}s{', cached' if result.cached else ''})")
+    records = [_run_study(spec, out, fresh=fresh, progress=progress, say=say) for spec in suite.studies]
+    run = ArenaRun(suite, cells, records, time.perf_counter() - start, only)
+    if out is not None:
+        report.write_report(run.to_dict(), out)
+    return run
+
+
+def _run_study(spec: StudySpec, out: Path | None, *, fresh: bool, progress: bool, say: Callable[[str], None]) -> StudyRecord:
+    key = study_key(spec)
+    folder = f"studies/{spec.kind}__{key}"
+    if out is not None and not fresh:
+        cached = _read_json(out / folder / "result.json")
+        if cached is not None and cached.get("key") == key:
+            say(f"  study {spec.kind:<22} cached")
+            return StudyRecord(spec, studies.StudyResult(**cached["result"]), folder, key, cached=True)
+    say(f"  study {spec.kind:<22} running")
+    target = out / folder if out is not None else Path(tempfile.mkdtemp(prefix=f"longarena-{spec.kind}-"))
+    result = studies.run_study(spec.kind, spec.config, target, progress=progress)
+    if out is not None and result.error is None:
+        _atomic_write(out / folder / "result.json", json.dumps({"format_version": FORMAT_VERSION, "key": key,
+                                                               "spec": spec.to_dict(), "result": dataclasses.asdict(result)}))
+    status = f"error {result.error}" if result.error else "done"
+    say(f"  study {spec.kind:<22} {status} ({result.seconds:.1f}s)")
+    return StudyRecord(spec, result, folder, key)
+
+
+def results_table(cells: list[CellResult]) -> list[list[str]]:
+    """Header row then one row per cell: what the CLI and report.md print."""
     rows = [["task", "mixer", "accuracy", "loss", "params", "state@T", "seconds"]]
-    for r in results:
+    for r in cells:
         rows.append([
             r.task, r.mixer,
             "error" if r.error else f"{r.accuracy:.3f}",
             "" if r.loss is None else f"{r.loss:.3f}",
             f"{r.parameters:,}",
             "" if r.state_size is None else f"{r.state_size:,}",
-            f"{r.seconds:.1f}",
+            f"{r.seconds:.1f}" + (" (cached)" if r.cached else ""),
         ])
     return rows
-
-
-def write_report(suite: Suite, results: list[CellResult], out_dir: Path) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    payload = {"suite": suite.to_dict(), "results": [dataclasses.asdict(r) for r in results]}
-    _atomic_write(out_dir / "results.json", json.dumps(payload, indent=2))
-    rows = results_table(results)
-    lines = [f"# LongArena — suite `{suite.name}`", "", suite.description, ""]
-    lines.append("| " + " | ".join(rows[0]) + " |")
-    lines.append("|" + "---|" * len(rows[0]))
-    lines += ["| " + " | ".join(row) + " |" for row in rows[1:]]
-    errors = [r for r in results if r.error]
-    if errors:
-        lines += ["", "## Errors", ""] + [f"- `{r.task}` / `{r.mixer}`: {r.error}" for r in errors]
-    lines += ["", "state@T: numbers carried per sequence after the task's full length (KV cache or recurrent state)."]
-    _atomic_write(out_dir / "report.md", "\n".join(lines) + "\n")

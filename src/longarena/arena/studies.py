@@ -54,10 +54,11 @@ def names() -> list[str]:
 
 
 def run_study(kind: str, config: dict[str, Any], out_dir: str | Path, *, progress: bool = False) -> StudyResult:
-    """Run one study; a failure becomes a result with ``error`` set so the arena goes on."""
+    """Run one study; a failure, or an unknown kind, becomes a result with ``error`` set so the arena goes on."""
     import longarena.arena.study_kinds  # noqa: F401  (registers the built-in study kinds)
     if kind not in STUDIES:
-        raise ConfigError(f"unknown study {kind!r}; known studies: {', '.join(names()) or '(none)'}")
+        message = f"unknown study {kind!r}; known studies: {', '.join(names()) or '(none)'}"
+        return StudyResult(kind, kind, {}, [], "", 0.0, f"{ConfigError.__name__}: {message}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
