@@ -85,17 +85,17 @@ def list_components(
 
 @app.command()
 def train(
-    task: Annotated[Optional[str], typer.Option(help="task name (longarena list tasks) [default: associative_recall]")] = None,
-    pattern: Annotated[Optional[str], typer.Option(help="comma-separated mixer names, cycled over the layers, e.g. mamba,attention [default: attention]")] = None,
-    d_model: Annotated[Optional[int], typer.Option(help="model width [default: 64]")] = None,
-    layers: Annotated[Optional[int], typer.Option(help="number of layers [default: 2]")] = None,
-    steps: Annotated[Optional[int], typer.Option(help="optimizer steps [default: 200]")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="examples per optimizer step, over all processes [default: 32]")] = None,
-    lr: Annotated[Optional[float], typer.Option(help="peak learning rate [default: 3e-3]")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="random seed [default: 0]")] = None,
-    device: Annotated[Optional[str], typer.Option(help="auto, cpu or cuda [default: auto]")] = None,
-    precision: Annotated[Optional[str], typer.Option(help="fp32 or bf16 (autocast) [default: fp32]")] = None,
-    grad_accum: Annotated[Optional[int], typer.Option(help="micro-batches per optimizer step [default: 1]")] = None,
+    task: Annotated[Optional[str], typer.Option(help="task name (longarena list tasks) (default: associative_recall)")] = None,
+    pattern: Annotated[Optional[str], typer.Option(help="comma-separated mixer names, cycled over the layers, e.g. mamba,attention (default: attention)")] = None,
+    d_model: Annotated[Optional[int], typer.Option(help="model width (default: 64)")] = None,
+    layers: Annotated[Optional[int], typer.Option(help="number of layers (default: 2)")] = None,
+    steps: Annotated[Optional[int], typer.Option(help="optimizer steps (default: 200)")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="examples per optimizer step, over all processes (default: 32)")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="peak learning rate (default: 3e-3)")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="random seed (default: 0)")] = None,
+    device: Annotated[Optional[str], typer.Option(help="auto, cpu or cuda (default: auto)")] = None,
+    precision: Annotated[Optional[str], typer.Option(help="fp32 or bf16 (autocast) (default: fp32)")] = None,
+    grad_accum: Annotated[Optional[int], typer.Option(help="micro-batches per optimizer step (default: 1)")] = None,
     task_config: Annotated[Optional[list[str]], typer.Option("--task-config", help="task field, key=value (repeatable)")] = None,
     mixer_config: Annotated[Optional[list[str]], typer.Option("--mixer-config", help="mixer field, name.key=value (repeatable)")] = None,
     config: Annotated[Optional[Path], typer.Option(help="run config file (YAML or JSON) with sections task, task_config, model, train")] = None,
@@ -138,33 +138,29 @@ def train(
 
 @app.command()
 def arena(
-    suite: Annotated[str, typer.Option(help="suite name (longarena list suites) or a .json/.yaml suite file")] = "quick",
-    out: Annotated[Path, typer.Option(help="run folder: cached cells and the report; rerunning it resumes")] = Path("runs/arena"),
-    mixers_: Annotated[Optional[str], typer.Option("--mixers", "--only", help="comma-separated mixers/models to run (default: all in the suite)")] = None,
-    fresh: Annotated[bool, typer.Option("--fresh", help="re-run every cell and study instead of loading finished ones from --out")] = False,
+    suite: Annotated[str, typer.Option(help="suite name (longarena list suites)")] = "quick",
+    out: Annotated[Path, typer.Option(help="report folder")] = Path("runs/arena"),
+    only: Annotated[Optional[str], typer.Option(help="comma-separated mixers to run (default: all)")] = None,
 ) -> None:
-    """Run a controlled comparison: every mixer, same shape, data and budget, then the suite's studies; writes a report."""
+    """Run a controlled comparison: every mixer, same shape, data and budget; writes a report."""
     from longarena.arena import get_suite, run_suite
     from longarena.arena.runner import results_table
 
-    selected = [n.strip() for n in mixers_.split(",") if n.strip()] if mixers_ else None
     try:
         s = get_suite(suite)
-        console.print(f"[bold]arena[/bold] suite {s.name!r}: {s.description}")
-        run = run_suite(s, out, progress=True, only=selected, fresh=fresh, log=console.print)
     except ValueError as exc:
         _fail(str(exc))
-    rows = results_table(run.cells)
+    console.print(f"[bold]arena[/bold] suite {s.name!r}: {s.description}")
+    selected = [n.strip() for n in only.split(",")] if only else None
+    results = run_suite(s, out, progress=True, only=selected, console=console)
+    rows = results_table(results)
     table = Table(title=f"suite {s.name}", title_justify="left")
     for head in rows[0]:
         table.add_column(head, justify="right" if head not in ("task", "mixer") else "left")
     for row in rows[1:]:
         table.add_row(*row)
     console.print(table)
-    for record in run.studies:
-        status = f"[red]error[/red] {record.result.error}" if record.result.error else f"{len(record.result.figures)} figure(s)"
-        console.print(f"study {record.spec.kind}: {status}")
-    console.print(f"report: {out / 'report.md'} and {out / 'report.html'} ({run.seconds:.0f} s)")
+    console.print(f"report: {out / 'report.md'}")
 
 
 @app.command()
