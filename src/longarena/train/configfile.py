@@ -257,9 +257,14 @@ def resolve(raw: dict[str, Any]) -> ResolvedRun:
     if task.kind == "lm" and "pooling" in model:
         raise ConfigError(f"model.pooling: {task_name} is a language-modelling task; pooling is for classifiers")
     try:
-        ClassifierConfig.from_dict({**model, "vocab_size": task.vocab_size, "num_classes": task.num_classes or 2})
+        built = ClassifierConfig.from_dict({**model, "vocab_size": task.vocab_size, "num_classes": task.num_classes or 2})
     except ConfigError as exc:
         raise ConfigError(f"model: {exc}") from exc
+    # every field written out, so config.json is the whole model and a later default change
+    # cannot silently alter a resumed run
+    model = {k: v for k, v in built.to_dict().items() if k not in TASK_OWNED}
+    if task.kind == "lm":
+        model.pop("pooling")
     clean = {"task": task_name, "task_config": task.config.to_dict(), "model": model, "train": train_config.to_dict()}
     return ResolvedRun(raw=clean, task=task, model=model, train=train_config)
 
