@@ -121,7 +121,7 @@ def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     new_model = override.get("model") if isinstance(override.get("model"), dict) else {}
     if "pattern" in new_model and isinstance(out.get("model", {}).get("mixer"), dict):
         pattern = new_model["pattern"]
-        used = set(pattern.split(",") if isinstance(pattern, str) else pattern or [])
+        used = {p.strip() for p in (pattern.split(",") if isinstance(pattern, str) else pattern or [])}
         kept = set((new_model.get("mixer") or {}).keys()) | used
         out["model"]["mixer"] = {k: v for k, v in out["model"]["mixer"].items() if k in kept}
     return out
