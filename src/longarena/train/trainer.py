@@ -305,7 +305,9 @@ def fit(
         position = state["position"]
         step, epoch, batch_index = int(position["step"]), int(position["epoch"]), int(position["batch"])
     else:
-        torch.manual_seed(config.seed)
+        # per process, so the processes' dropout masks are independent draws (rank 0 draws
+        # as a single process does)
+        torch.manual_seed(config.seed + rank)
         step, epoch, batch_index = 0, 0, 0
     acc.wait_for_everyone()
     if run is not None:
