@@ -132,6 +132,8 @@ def train(
             f"{resolved.raw['task']} with {names}: validation accuracy {result.final['accuracy']:.3f}, "
             f"loss {result.final['loss']:.3f} ({result.parameters:,} parameters, {result.seconds:.1f}s)"
         )
+        if "test_accuracy" in result.final:
+            console.print(f"test accuracy {result.final['test_accuracy']:.3f}, loss {result.final['test_loss']:.3f}")
         if out is not None:
             console.print(f"saved to {out}")
 

@@ -98,12 +98,15 @@ def test_preset_with_overrides_trains(tmp_path):
     listed = _train("--list-presets")
     assert listed.exit_code == 0 and "lra/pathfinder32/s4" in listed.output and "lra/retrieval/bigbird" in listed.output
     result = _train("--preset", "lra/listops/s4", "--set", "model.d_model=16", "--set", "model.n_layers=1",
-                    "--set", "task_config.n_train=16", "--set", "task_config.n_validation=8",
+                    "--set", "task_config.n_train=16", "--set", "task_config.n_validation=8", "--set", "task_config.n_test=4",
                     "--set", "train.steps=2", "--set", "train.batch_size=4", "--set", "train.eval_batch_size=4",
                     "--set", "train.precision=fp32", "--set", "train.device=cpu", "--out", str(tmp_path / "run"))
     assert result.exit_code == 0, result.output
     run = json.loads((tmp_path / "run" / "config.json").read_text())["run"]
     assert run["task"] == "listops" and run["model"]["mixer"]["s4"]["d_state"] == 4 and run["train"]["lr"] == 0.01
+    # LRA presets score the whole test split at the end: n_test=4 examples in one batch
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["test_accuracy"] * 4 == round(results["test_accuracy"] * 4) and "test accuracy" in result.output
 
 
 def test_bad_input_is_explained(tmp_path):

@@ -34,8 +34,8 @@ def compare(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> dict[str, Any]:
         "max_rel_gap": max(gaps, default=float("nan")),
         "mean_rel_gap": sum(gaps) / len(gaps) if gaps else float("nan"),
         "last_loss": (la[common[-1]], lb[common[-1]]) if common else None,
-        "final_a": {k: v for k, v in final(a).items() if k.startswith("val_")},
-        "final_b": {k: v for k, v in final(b).items() if k.startswith("val_")},
+        "final_a": {k: v for k, v in final(a).items() if k.startswith(("val_", "test_"))},
+        "final_b": {k: v for k, v in final(b).items() if k.startswith(("val_", "test_"))},
     }
 
 

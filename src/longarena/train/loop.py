@@ -51,6 +51,9 @@ class TrainConfig(Config):
     #: learning rate of state-space parameters (S4/S5 A, B, step size; Mamba A, D); None: ``lr``
     ssm_lr: float | None = None
     eval_batch_size: int = 64
+    #: batches of the test split scored once training ends (0: none; None: the whole split),
+    #: reported as test_loss / test_accuracy beside the validation metrics
+    test_batches: int | None = 0
     betas: tuple[float, ...] = (0.9, 0.98)
     #: with a run folder: write a metrics line every ``log_every`` steps, a checkpoint every
     #: ``checkpoint_every`` steps (and at the end), keeping the newest ``keep_checkpoints``
@@ -78,6 +81,8 @@ class TrainConfig(Config):
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.ssm_lr is not None and self.ssm_lr <= 0:
             raise ConfigError(f"ssm_lr must be > 0 (or null for the main lr), got {self.ssm_lr}")
+        if self.test_batches is not None and self.test_batches < 0:
+            raise ConfigError(f"test_batches must be >= 0 (or null for the whole test split), got {self.test_batches}")
         if self.checkpoint_every < 0:
             raise ConfigError(f"checkpoint_every must be >= 0 (0: only at the end), got {self.checkpoint_every}")
         self.betas = tuple(self.betas)

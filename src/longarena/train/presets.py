@@ -143,7 +143,7 @@ def _train_section(task: str, settings: dict[str, Any]) -> dict[str, Any]:
     return {
         "steps": steps, "batch_size": batch, "lr": settings["lr"], "weight_decay": settings["weight_decay"],
         "warmup": warmup, "grad_clip": 1.0, "eval_every": max(1, TRAIN_EXAMPLES[task] // batch),
-        "eval_batches": 32, "checkpoint_every": 1000, "precision": "bf16",
+        "eval_batches": 32, "test_batches": None, "checkpoint_every": 1000, "precision": "bf16",
     }
 
 

@@ -277,6 +277,8 @@ def fit(
     with acc.main_process_first():
         data = task.split("train")
         task.split("validation")
+        if config.test_batches != 0:
+            task.split("test")
     per_epoch = len(data) // config.batch_size
     if per_epoch == 0 and config.steps > 0:
         raise ConfigError(f"batch_size {config.batch_size} is larger than the {len(data)} training examples of {task!r}")
@@ -363,12 +365,16 @@ def fit(
             bar.stop()
             bar = None
         final = evaluate(raw_model, task, batch_size=config.eval_batch_size, max_batches=config.eval_batches, accelerator=acc)
+        if config.test_batches != 0:
+            test = evaluate(raw_model, task, "test", batch_size=config.eval_batch_size, max_batches=config.test_batches, accelerator=acc)
+            final.update({f"test_{k}": v for k, v in test.items()})
         seconds = time.perf_counter() - start_time
         params = sum(p.numel() for p in raw_model.parameters())
         if run is not None:
             _save_checkpoint(acc, run, raw_model, optimizer, config, step, epoch, batch_index)
-            run.log({"step": step, "final": True, **{f"val_{k}": v for k, v in final.items()}})
-            run.finish(raw_model, {"step": step, "parameters": params, "seconds": seconds, **{f"val_{k}": v for k, v in final.items()}})
+            scores = {k if k.startswith("test_") else f"val_{k}": v for k, v in final.items()}
+            run.log({"step": step, "final": True, **scores})
+            run.finish(raw_model, {"step": step, "parameters": params, "seconds": seconds, **scores})
             acc.wait_for_everyone()
     finally:
         if bar:
