@@ -2,11 +2,13 @@
 
 Two measurements:
 
-1. **Speed** at ``--seq-len`` (default 4096): the selective scan op
-   (:func:`longarena.ops.scan.selective_scan`) on Mamba-shaped inputs (E = 2 d_model inner
-   channels, N = 16 states), ``reference`` (a Python loop over t) vs ``chunked``, for a
-   forward without gradients and a forward + backward; and the whole Mamba mixer forward
-   with each backend. Best of ``--repeats`` wall-clock runs, single thread.
+1. **Speed** at ``--seq-len`` (default 4096) for each of ``--batches`` (default 1 and 4):
+   the selective scan op (:func:`longarena.ops.scan.selective_scan`) on Mamba-shaped inputs
+   (E = 2 d_model inner channels, N = 16 states), ``reference`` (a Python loop over t) vs
+   ``chunked``, for a forward without gradients and a forward + backward; and the whole
+   Mamba mixer forward with each backend. Best of ``--repeats`` wall-clock runs, single
+   thread; the two backends of a row run back to back, so their ratio is the figure to read
+   on a shared machine.
 2. **Memory** at ``--mem-lens`` (default 4k, 16k, 64k): each length runs in a fresh
    subprocess, which builds the mixer and its input, resets the kernel's RSS high-water mark
    (``/proc/self/clear_refs``), runs one forward (``no_grad``: inference; ``grad``:
@@ -16,7 +18,7 @@ Two measurements:
    (``ru_maxrss`` is not used: Linux carries it over from the parent across ``exec``.)
    Linear growth shows as a constant bytes/token.
 
-    python benchmarks/mamba_scan.py                        # d_model 16 and 64, T = 4096
+    python benchmarks/mamba_scan.py                        # d_model 16 and 64, batch 1 and 4, T = 4096
     python benchmarks/mamba_scan.py --d-models 64 --mem-lens 4096 16384 65536 --json out.json
 """
 
@@ -65,21 +67,26 @@ def speed(d_model: int, seq_len: int, batch: int, repeats: int) -> dict:
     from longarena.ops.scan import selective_scan
 
     row = {"d_model": d_model, "E": 2 * d_model, "N": 16, "T": seq_len, "batch": batch}
-    for backend in ("reference", "chunked"):
-        args = scan_inputs(d_model, seq_len, batch)
+    backends = ("reference", "chunked")
+    # each measurement times both backends back to back, so a change in the machine's load
+    # moves both
+    args = scan_inputs(d_model, seq_len, batch)
+    for backend in backends:
         with torch.no_grad():
             row[f"scan_fwd_{backend}_s"] = best_time(lambda: selective_scan(*args, backend=backend), repeats)
-        args = scan_inputs(d_model, seq_len, batch, requires_grad=True)
+    args = scan_inputs(d_model, seq_len, batch, requires_grad=True)
+    for backend in backends:
 
         def fwd_bwd():
             y, h = selective_scan(*args, backend=backend)
             (y.sum() + h.sum()).backward()
 
         row[f"scan_fwd_bwd_{backend}_s"] = best_time(fwd_bwd, repeats)
-        torch.manual_seed(0)
-        m = mixers.get("mamba", d_model, backend=backend)
-        x = torch.randn(batch, seq_len, d_model)
-        with torch.no_grad():
+    torch.manual_seed(0)
+    m = mixers.get("mamba", d_model)
+    x = torch.randn(batch, seq_len, d_model)
+    for backend in backends:
+        with torch.no_grad(), m.use_backend(backend):
             row[f"mixer_fwd_{backend}_s"] = best_time(lambda: m(x), repeats)
     for key in ("scan_fwd", "scan_fwd_bwd", "mixer_fwd"):
         row[f"{key}_speedup"] = row[f"{key}_reference_s"] / row[f"{key}_chunked_s"]
@@ -130,7 +137,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--d-models", type=int, nargs="+", default=[16, 64])
     parser.add_argument("--seq-len", type=int, default=4096)
-    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 4])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--mem-lens", type=int, nargs="*", default=[4096, 16384, 65536])
     parser.add_argument("--mem-d-model", type=int, default=64)
@@ -143,15 +150,19 @@ def main() -> None:
         return
     torch.set_num_threads(1)
 
-    rows = [speed(d, args.seq_len, args.batch, args.repeats) for d in args.d_models]
-    print(f"speed, T = {args.seq_len}, batch {args.batch}, 1 thread, best of {args.repeats} (seconds)")
-    print(f"{'d_model':>7} {'E*N':>6} | {'what':<22} {'reference':>10} {'chunked':>10} {'speedup':>8}")
-    for r in rows:
-        for key, label in LABELS:
-            print(
-                f"{r['d_model']:>7} {r['E'] * r['N']:>6} | {label:<22} {r[key + '_reference_s']:>10.4f} "
-                f"{r[key + '_chunked_s']:>10.4f} {r[key + '_speedup']:>7.1f}x"
-            )
+    print(f"speed, T = {args.seq_len}, 1 thread, best of {args.repeats} (seconds)")
+    print(f"{'d_model':>7} {'E*N':>6} {'batch':>5} | {'what':<22} {'reference':>10} {'chunked':>10} {'speedup':>8}")
+    rows = []
+    for d in args.d_models:
+        for batch in args.batches:
+            r = speed(d, args.seq_len, batch, args.repeats)
+            rows.append(r)
+            for key, label in LABELS:
+                print(
+                    f"{r['d_model']:>7} {r['E'] * r['N']:>6} {batch:>5} | {label:<22} "
+                    f"{r[key + '_reference_s']:>10.4f} {r[key + '_chunked_s']:>10.4f} {r[key + '_speedup']:>7.1f}x",
+                    flush=True,
+                )
 
     mem_rows = []
     for mode in ("no_grad", "grad"):
