@@ -104,3 +104,19 @@ def test_niah_study_with_smollm2(tmp_path):
     data = _ok(result, tmp_path)
     assert "SmolLM2-135M-Instruct" in result.markdown and data["model"]["name"] == "SmolLM2-135M-Instruct"
     assert data["cells"][0]["tokens"] <= 256 + 8
+
+
+def test_a_study_runs_with_the_threads_it_asks_for_and_restores_them(tmp_path, monkeypatch):
+    import torch
+
+    from longarena.arena.study_kinds import train_short_test_long as tstl
+
+    before = torch.get_num_threads()
+    seen = []
+    real_train = tstl.train
+    monkeypatch.setattr(tstl, "train", lambda *a, **k: (seen.append(torch.get_num_threads()), real_train(*a, **k))[1])
+    result = run_study("train_short_test_long", {"steps": 1, "train_len": 8, "multiples": [1], "eval_seqs": 1,
+                                                 "d_model": 16, "schemes": ["alibi"], "threads": before + 1}, tmp_path)
+    assert result.error is None and seen == [before + 1] and torch.get_num_threads() == before
+    bad = run_study("niah", {"model": "tiny", "lengths": [400], "depths": [0.0], "threads": 0}, tmp_path / "bad")
+    assert bad.error is not None and "threads must be a positive integer" in bad.error

@@ -19,6 +19,7 @@ safetensors cache exists; the first load dequantizes the GGUF, ~30-60 s more):
 - ``depths`` (0.0, 0.25, 0.5, 0.75, 1.0): needle positions as fractions of the context
 - ``samples`` 1, ``seed`` 0, ``filler`` "prose"
 - ``tiny`` {"d_model": 32, "n_layers": 1}: the fallback model's ``ModelConfig`` fields
+- ``threads`` None: torch CPU threads during the study (None: leave as is; 1 is often faster on a busy CPU)
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import torch
 
 from longarena.arena.plots import markdown_table, save_png
 from longarena.arena.studies import StudyResult, register
+from longarena.arena.study_kinds.common import torch_threads
 from longarena.config import Config, ConfigError
 
 TINY_NAME = "tiny untrained LongArena byte LM"
@@ -47,6 +49,7 @@ class NiahStudyConfig(Config):
     seed: int = 0
     filler: str = "prose"
     tiny: dict[str, Any] = dataclasses.field(default_factory=lambda: {"d_model": 32, "n_layers": 1})
+    threads: int | None = None
 
     def validate(self) -> None:
         self.lengths, self.depths = tuple(self.lengths), tuple(self.depths)
@@ -96,7 +99,8 @@ def study(config: dict[str, Any], out_dir: Path, progress: bool) -> StudyResult:
     grid = c.grid()
     adapter, note = load_model(c)
     show = (lambda done, total, msg: print(f"  niah {done}/{total} {msg}", flush=True)) if progress else None
-    result = run_grid(adapter, grid, show)
+    with torch_threads(c.threads):
+        result = run_grid(adapter, grid, show)
     fig = heatmap_figure(result)
     # the evals' heatmap is sized for its cells; the arena's titles name the model in full
     w, h = fig.get_size_inches()

@@ -16,6 +16,7 @@ modest at this budget, but they are real trained numbers):
   fields; ``n_train`` defaults to ``steps * batch_size`` (every step sees new examples)
 - ``steps`` 200, ``batch_size`` 32, ``lr`` 3e-3, ``warmup`` 10, ``seed`` 0, ``device`` "cpu"
 - ``mixer_config`` {}: per-mixer config overrides (e.g. {"attention": {"n_heads": 2}})
+- ``threads`` None: torch CPU threads during the study (None: leave as is; 1 is often faster on a busy CPU)
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import torch
 from longarena import mixers, tasks
 from longarena.arena.plots import markdown_table, plain_log_ticks, pyplot, save_png
 from longarena.arena.studies import StudyResult, register
+from longarena.arena.study_kinds.common import torch_threads
 from longarena.config import Config, ConfigError
 
 TASK_DEFAULTS = {"vocab_size": 32, "num_pairs": 4, "length": 32, "n_validation": 128}
@@ -48,6 +50,7 @@ class StateRecallConfig(Config):
     seed: int = 0
     device: str = "cpu"
     mixer_config: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    threads: int | None = None
 
     def validate(self) -> None:
         self.mixers, self.widths = tuple(self.mixers), tuple(self.widths)
@@ -123,7 +126,8 @@ def study(config: dict[str, Any], out_dir: Path, progress: bool) -> StudyResult:
     for mixer in c.mixers:
         for width in c.widths:
             try:
-                points.append(train_point(c, task, mixer, width))
+                with torch_threads(c.threads):
+                    points.append(train_point(c, task, mixer, width))
             except Exception as exc:  # one mixer that cannot train must not hide the others' points
                 failed[f"{mixer}@{width}"] = f"{type(exc).__name__}: {exc}"
                 continue

@@ -42,6 +42,7 @@ from torch import Tensor, nn
 
 from longarena import mixers, positions
 from longarena.arena.studies import StudyResult, register
+from longarena.arena.study_kinds.common import torch_threads
 from longarena.config import Config, ConfigError
 
 TRAINED = ("alibi", "rope", "t5", "xl", "sinusoidal", "none")
@@ -225,14 +226,8 @@ def run(config: LengthConfig, log: Callable[[str], None] | None = None) -> dict[
     ``result["ppl"][name][n]`` is the perplexity of model ``name`` on windows of ``n`` tokens;
     ``result["optimal"][n]`` the true model's. Lengths are int keys.
     """
-    say = log or (lambda _msg: None)
-    threads = torch.get_num_threads()
-    if config.threads is not None:
-        torch.set_num_threads(config.threads)
-    try:
-        return _run(config, say)
-    finally:
-        torch.set_num_threads(threads)
+    with torch_threads(config.threads):
+        return _run(config, log or (lambda _msg: None))
 
 
 def _run(c: LengthConfig, say: Callable[[str], None]) -> dict[str, Any]:
