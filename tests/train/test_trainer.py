@@ -17,7 +17,7 @@ from longarena.train import TrainConfig, fit, model_for_task
 from longarena.train import checkpoint as train_checkpoint
 from longarena.train.checkpoint import ResumeError
 from longarena.train.loop import param_groups
-from longarena.train.trainer import accumulate_gradients, epoch_batches, step_shards
+from longarena.train.trainer import _prefetched, _step_batches, accumulate_gradients, epoch_batches, step_shards
 
 SMALL = ModelConfig(d_model=16, n_layers=1, mixer={"attention": {"n_heads": 2}})
 
@@ -110,6 +110,18 @@ def test_each_process_takes_a_disjoint_share_of_every_micro_batch():
     for a in range(3):  # micro-batch a is the a-th third of the batch, split between the ranks
         assert torch.equal(torch.cat([shards[0][a], shards[1][a]]), batch[8 * a : 8 * (a + 1)])
     assert torch.equal(step_shards(batch, 3, 1, 0).flatten(), batch)
+
+
+def test_resuming_mid_epoch_continues_the_same_batch_sequence(task):
+    config = TrainConfig(batch_size=48, grad_accum=2)  # 128 examples: 2 batches per epoch
+    data = task.split("train")
+    key = lambda items: [(e, b, [m["input_ids"].tolist() for m in mbs]) for e, b, mbs in items]
+    whole = key(_step_batches(task, data, config, 1, 0, epoch=0, batch_index=0, steps=5))
+    assert [(e, b) for e, b, _ in whole] == [(0, 0), (0, 1), (1, 0), (1, 1), (2, 0)]
+    tail = key(_step_batches(task, data, config, 1, 0, epoch=1, batch_index=1, steps=2))
+    assert tail == whole[3:]
+    # the GPU path builds the next step in a thread; same items, same order
+    assert key(_prefetched(_step_batches(task, data, config, 1, 0, 0, 0, 5), enabled=True)) == whole
 
 
 def test_run_folder_metrics_and_checkpoint(task, tmp_path):

@@ -324,43 +324,45 @@ def fit(
     bar = _progress(progress and acc.is_main_process)
     bar_task = bar.add_task(description, total=config.steps, completed=step) if bar else None
     optimizer.zero_grad(set_to_none=True)
+    steps_left = max(0, config.steps - step)
+    batches = _prefetched(
+        _step_batches(task, data, config, world, rank, epoch, batch_index, steps_left),
+        enabled=acc.device.type == "cuda",
+    )
+    last = time.perf_counter()
     try:
-        while step < config.steps:
-            plan = epoch_batches(len(data), config.batch_size, config.seed, epoch)
-            while batch_index < per_epoch and step < config.steps:
-                tick = time.perf_counter()
-                shards = step_shards(plan[batch_index], config.grad_accum, world, rank)
-                micro_batches = [task.collate([data[i] for i in shard.tolist()]) for shard in shards]
-                lr = lr_at(step, config)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr * group["lr_scale"]
-                loss_value, tokens = accumulate_gradients(model, micro_batches, task.kind, acc)
-                if not math.isfinite(loss_value):
-                    raise FloatingPointError(f"loss became {loss_value} at step {step}; lower the learning rate (now {config.lr})")
-                if config.grad_clip:
-                    acc.clip_grad_norm_(model.parameters(), config.grad_clip)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                step += 1
-                batch_index += 1
-                seconds = max(time.perf_counter() - tick, 1e-9)
-                record: dict[str, Any] = {
-                    "step": step, "epoch": epoch, "loss": loss_value, "lr": lr,
-                    "examples_per_s": config.batch_size / seconds, "tokens_per_s": tokens / seconds,
-                }
-                evaluated = config.eval_every and step % config.eval_every == 0 and step < config.steps
-                if evaluated:
-                    metrics = evaluate(raw_model, task, batch_size=config.eval_batch_size, max_batches=config.eval_batches, accelerator=acc)
-                    record.update({f"val_{k}": v for k, v in metrics.items()})
-                history.append(record)
-                if run is not None and (evaluated or step % config.log_every == 0):
-                    run.log(record)
-                if run is not None and config.checkpoint_every and step % config.checkpoint_every == 0 and step < config.steps:
-                    _save_checkpoint(acc, run, raw_model, optimizer, config, step, epoch, batch_index)
-                if bar:
-                    bar.update(bar_task, advance=1, description=f"{description} loss {loss_value:.3f}")
-            if batch_index >= per_epoch:
-                epoch, batch_index = epoch + 1, 0
+        for epoch, batch_index, micro_batches in batches:
+            lr = lr_at(step, config)
+            for group in optimizer.param_groups:
+                group["lr"] = lr * group["lr_scale"]
+            loss_value, tokens = accumulate_gradients(model, micro_batches, task.kind, acc)
+            if not math.isfinite(loss_value):
+                raise FloatingPointError(f"loss became {loss_value} at step {step}; lower the learning rate (now {config.lr})")
+            if config.grad_clip:
+                acc.clip_grad_norm_(model.parameters(), config.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            record: dict[str, Any] = {"step": step, "epoch": epoch}
+            # the position saved is the next batch to train on
+            epoch, batch_index = (epoch, batch_index + 1) if batch_index + 1 < per_epoch else (epoch + 1, 0)
+            seconds = max(time.perf_counter() - last, 1e-9)
+            record |= {
+                "loss": loss_value, "lr": lr,
+                "examples_per_s": config.batch_size / seconds, "tokens_per_s": tokens / seconds,
+            }
+            evaluated = config.eval_every and step % config.eval_every == 0 and step < config.steps
+            if evaluated:
+                metrics = evaluate(raw_model, task, batch_size=config.eval_batch_size, max_batches=config.eval_batches, accelerator=acc)
+                record.update({f"val_{k}": v for k, v in metrics.items()})
+            history.append(record)
+            if run is not None and (evaluated or step % config.log_every == 0):
+                run.log(record)
+            if run is not None and config.checkpoint_every and step % config.checkpoint_every == 0 and step < config.steps:
+                _save_checkpoint(acc, run, raw_model, optimizer, config, step, epoch, batch_index)
+            if bar:
+                bar.update(bar_task, advance=1, description=f"{description} loss {loss_value:.3f}")
+            last = time.perf_counter()  # evaluation and checkpoints are not the step's time
         if bar:
             bar.stop()
             bar = None
@@ -414,6 +416,37 @@ def accumulate_gradients(model: nn.Module, micro_batches: list[dict[str, Tensor]
     if world > 1:
         total = accelerator.reduce(total, reduction="sum")
     return total.item() / scored, tokens
+
+
+def _step_batches(task: Task, data: Any, config: TrainConfig, world: int, rank: int, epoch: int, batch_index: int, steps: int):
+    """``steps`` items ``(epoch, batch index, this process's micro-batches)`` from a position on."""
+    per_epoch = len(data) // config.batch_size
+    while steps > 0:
+        plan = epoch_batches(len(data), config.batch_size, config.seed, epoch)
+        while batch_index < per_epoch and steps > 0:
+            shards = step_shards(plan[batch_index], config.grad_accum, world, rank)
+            yield epoch, batch_index, [task.collate([data[i] for i in shard.tolist()]) for shard in shards]
+            batch_index += 1
+            steps -= 1
+        epoch, batch_index = epoch + 1, 0
+
+
+def _prefetched(items, *, enabled: bool):
+    """``items``, the next one built in a thread while the caller works on the current one.
+
+    On a GPU the collate of the next step then overlaps the current step's kernels; on the
+    CPU the thread would only compete with the step for the same cores, so it is off.
+    """
+    if not enabled:
+        yield from items
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(next, items, None)
+        while (item := pending.result()) is not None:
+            pending = pool.submit(next, items, None)
+            yield item
 
 
 def _save_checkpoint(acc, run: RunFolder, model: nn.Module, optimizer, config: TrainConfig, step: int, epoch: int, batch_index: int) -> None:
