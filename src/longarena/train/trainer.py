@@ -379,6 +379,7 @@ def fit(
             run.finish(raw_model, {"step": step, "parameters": params, "seconds": seconds, **scores})
             acc.wait_for_everyone()
     finally:
+        batches.close()  # stops the prefetch thread if the run ends early
         if bar:
             bar.stop()
         if run is not None:
