@@ -81,3 +81,31 @@ def test_register_suite_adds_a_name(monkeypatch):
     monkeypatch.setitem(SUITES, "tiny", tiny_suite)  # restored after the test
     register_suite("tiny")(tiny_suite)
     assert get_suite("tiny") == tiny_suite()
+
+
+def test_quick_listops_needs_more_than_a_bag_of_tokens(monkeypatch):
+    """Swapping two digits keeps every token count; on most quick-suite trees some swap changes the answer."""
+    from longarena import tasks
+    from longarena.tasks import listops
+
+    monkeypatch.setenv("LONGARENA_CACHE", "off")
+    cell = next(c for c in get_suite("quick").cells if c.task == "listops")
+    config = {**cell.task_config, "n_train": 0, "n_validation": 100, "n_test": 0}
+    split = tasks.get("listops", **config).split("validation", workers=1)
+    ambiguous = 0
+    for ex in split:
+        tokens = ex["input_ids"].tolist()
+        label = listops.evaluate(tokens)
+        assert label == int(ex["label"])
+        slots = [i for i, t in enumerate(tokens) if listops.DIGIT0 <= t < listops.DIGIT0 + 10]
+        for a in slots:
+            for b in slots:
+                swapped = list(tokens)
+                swapped[a], swapped[b] = swapped[b], swapped[a]
+                if listops.evaluate(swapped) != label:
+                    ambiguous += 1
+                    break
+            else:
+                continue
+            break
+    assert ambiguous > 0.5 * len(split), ambiguous  # 89 of these 100

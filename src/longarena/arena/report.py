@@ -170,13 +170,16 @@ def _cell_sections(payload: dict[str, Any], *, matrix: bool, curves: bool) -> li
             "",
         ]
         lines += _table(
-            ["mixer", "accuracy", "loss", "params", "state@T", "seconds"],
+            ["mixer", "accuracy", "loss", "params", "state@T", "seconds", "CPU s"],
             [[c["mixer"], "error" if c["error"] else _fmt(c["accuracy"]), _fmt(c["loss"]), f"{c['parameters']:,}",
               "" if c["state_size"] is None else f"{c['state_size']:,}",
-              _fmt(c["seconds"], ".1f") + (" (cached)" if c["cached"] else "")] for c in runs],
+              _fmt(c["seconds"], ".1f") + (" (cached)" if c["cached"] else ""), _fmt(c["cpu_seconds"], ".1f")]
+             for c in runs],
         )
         lines.append("")
-    lines += ["state@T: numbers carried per sequence after the task's full length (KV cache or recurrent state).", ""]
+    lines += ["state@T: numbers carried per sequence after the task's full length (KV cache or recurrent state). "
+              "seconds: wall time of training and evaluation; CPU s: the CPU time it used (all threads), "
+              "steadier than wall time on a shared machine.", ""]
     if curves:
         lines += ["### Training loss", "", f"![training loss]({CURVES_PNG})", ""]
     return lines
@@ -191,7 +194,7 @@ def render_markdown(payload: dict[str, Any], *, matrix: bool = True, curves: boo
         suite["description"],
         "",
         f"longarena {payload['library']['version']} · {payload['created']} · {machine['cpu']} "
-        f"({machine['cpu_cores']} cores, {machine['torch_threads']} torch threads)"
+        f"({machine['cpu_cores']} cores, torch threads {machine['torch_threads']})"
         + (f" · GPU {machine['gpu']}" if machine.get("gpu") else "")
         + f" · torch {machine['torch']} · {payload['seconds']:.0f} s this run"
         + (f" ({n_cached} cells loaded from the cache)" if n_cached else ""),

@@ -58,6 +58,8 @@ class CellResult:
     state_size: int | None
     seconds: float
     error: str | None = None
+    #: CPU time of this process (all threads) while the cell ran: comparable on a busy machine
+    cpu_seconds: float = 0.0
     #: the task's kind (lm: accuracy over scored tokens; classification/retrieval: over sequences)
     task_kind: str = ""
     #: (step, training loss) pairs, thinned to at most CURVE_POINTS
@@ -212,7 +214,7 @@ def _curve(history: list[dict[str, float]]) -> list[list[float]]:
 def run_cell(cell: Cell, mixer: str, *, progress: bool = False, task: Any = None) -> CellResult:
     """Train and evaluate one mixer (or one whole model named in ``cell.models``) on the cell's task."""
     task = task or tasks.get(cell.task, **cell.task_config)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     try:
         torch.manual_seed(cell.train_config().seed)
         if mixer in cell.models:
@@ -228,10 +230,11 @@ def run_cell(cell: Cell, mixer: str, *, progress: bool = False, task: Any = None
         except (NotImplementedError, AttributeError):
             state = None
         return CellResult(cell.task, mixer, result.final["accuracy"], result.final["loss"], result.parameters, state,
-                          result.seconds, task_kind=task.kind, curve=_curve(result.history))
+                          result.seconds, cpu_seconds=time.process_time() - cpu_start, task_kind=task.kind,
+                          curve=_curve(result.history))
     except Exception as exc:  # one broken mixer must not sink the whole comparison
         return CellResult(cell.task, mixer, None, None, 0, None, time.perf_counter() - start,
-                          f"{type(exc).__name__}: {exc}", task_kind=task.kind)
+                          f"{type(exc).__name__}: {exc}", cpu_seconds=time.process_time() - cpu_start, task_kind=task.kind)
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -322,6 +325,7 @@ def run_suite(
     start = time.perf_counter()
     cells: list[CellResult] = []
     for index, cell, task, names in plan:
+        data_ready = False
         for name in names:
             key = cell_key(cell, name, task)
             path = out / "cells" / f"{cell.task}__{name}__{key}.json" if out is not None else None
@@ -329,6 +333,8 @@ def run_suite(
             if cached is not None and cached.get("key") == key:
                 result = CellResult(**{**cached["result"], "cached": True})
             else:
+                if not data_ready:  # generated once per cell, outside every mixer's timing
+                    data_ready = _prepare_data(cell, task, say)
                 result = run_cell(cell, name, progress=progress, task=task)
                 result.key = key
                 if path is not None and result.error is None:
@@ -337,12 +343,25 @@ def run_suite(
             result.cell, result.key = index, key
             cells.append(result)
             status = f"acc {result.accuracy:.3f}" if result.error is None else f"error {result.error}"
-            say(f"  {cell.task:<20} {name:<16} {status}  ({result.seconds:.1f}s{', cached' if result.cached else ''})")
+            timing = "cached" if result.cached else f"{result.seconds:.1f}s, CPU {result.cpu_seconds:.1f}s"
+            say(f"  {cell.task:<20} {name:<16} {status}  ({timing})")
     records = [_run_study(spec, out, fresh=fresh, progress=progress, say=say) for spec in suite.studies]
     run = ArenaRun(suite, cells, records, time.perf_counter() - start, only)
     if out is not None:
         report.write_report(run.to_dict(), out)
     return run
+
+
+def _prepare_data(cell: Cell, task: Any, say: Callable[[str], None]) -> bool:
+    start = time.perf_counter()
+    try:
+        for split in ("train", "validation"):
+            task.split(split)
+    except Exception as exc:  # left to run_cell, which records it against each mixer
+        say(f"  {cell.task:<20} data failed: {type(exc).__name__}: {exc}")
+        return True
+    say(f"  {cell.task:<20} data ready ({time.perf_counter() - start:.1f}s)")
+    return True
 
 
 def _run_study(spec: StudySpec, out: Path | None, *, fresh: bool, progress: bool, say: Callable[[str], None]) -> StudyRecord:
