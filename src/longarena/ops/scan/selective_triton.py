@@ -237,7 +237,7 @@ class _SelectiveScanTritonFn(torch.autograd.Function):
         )
         ctx.save_for_backward(u, delta, a, b, c, ckpt)
         ctx.tiles = tiles
-        return y.to(u.dtype), h_last
+        return y, h_last
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -296,7 +296,7 @@ def selective_scan_triton(
     if u.shape[1] == 0:
         return u.clone(), h0.float()
     u, delta, a, b, c, h0 = (t.contiguous() for t in (u, delta, a, b, c, h0))
-    y, h_last = _SelectiveScanTritonFn.apply(u, delta, a.float(), b, c, h0.float(), tiles)
+    y, h_last = _SelectiveScanTritonFn.apply(u, delta, a.float(), b, c, h0.float(), tiles)  # y: fp32
     if d is not None:
-        y = (y.float() + d * u.float()).to(u.dtype)
-    return y, h_last
+        y = y + d * u.float()
+    return y.to(u.dtype), h_last
