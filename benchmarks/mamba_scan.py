@@ -151,7 +151,10 @@ def main() -> None:
     torch.set_num_threads(1)
 
     print(f"speed, T = {args.seq_len}, 1 thread, best of {args.repeats} (seconds)")
-    print(f"{'d_model':>7} {'E*N':>6} {'batch':>5} | {'what':<22} {'reference':>10} {'chunked':>10} {'speedup':>8}")
+    print(
+        f"{'d_model':>7} {'E*N':>6} {'batch':>5} | {'what':<22} "
+        f"{'reference':>10} {'chunked':>10} {'speedup':>8}"
+    )
     rows = []
     for d in args.d_models:
         for batch in args.batches:
@@ -160,7 +163,8 @@ def main() -> None:
             for key, label in LABELS:
                 print(
                     f"{r['d_model']:>7} {r['E'] * r['N']:>6} {batch:>5} | {label:<22} "
-                    f"{r[key + '_reference_s']:>10.4f} {r[key + '_chunked_s']:>10.4f} {r[key + '_speedup']:>7.1f}x",
+                    f"{r[key + '_reference_s']:>10.4f} {r[key + '_chunked_s']:>10.4f} "
+                    f"{r[key + '_speedup']:>7.1f}x",
                     flush=True,
                 )
 

@@ -15,9 +15,9 @@ keep the state) or large (reset to me). The selective scan runs on
 :func:`longarena.ops.scan.selective_scan`: backend ``reference`` (a plain loop over t),
 ``chunked`` (blocks of time, closed form in log space inside short chunks: CPU's fastest) or
 ``triton`` (a sequential-in-time GPU kernel; on CPU only under ``TRITON_INTERPRET=1``, for
-tests). ``auto`` takes ``triton`` on CUDA when Triton imports, else ``chunked`` (the loop for
-chunks of at most ``SHORT_SEQUENCE`` steps on CPU). ``step`` carries ``(conv, ssm)``: the
-last k-1 conv inputs ``(B, E, k-1)`` and ``h (B, E, N)``.
+tests). ``auto`` takes ``triton`` on CUDA when Triton imports, else ``chunked`` (or the loop
+for short chunks of large batches: ``SHORT_SEQUENCE``, ``LOOP_STATE``). ``step`` carries
+``(conv, ssm)``: the last k-1 conv inputs ``(B, E, k-1)`` and ``h (B, E, N)``.
 
 ``A_log``, ``D`` and the ``dt`` bias stay in fp32 when the module is cast to bf16, and the scan
 accumulates in fp32 (its state is fp32 too): ``exp(dt A)`` raised over thousands of steps
@@ -86,8 +86,10 @@ class MambaState:
     ssm: Tensor
 
 
-#: chunks this short run the plain-loop scan under backend="auto" (see _forward)
+#: under backend="auto" on CPU, chunks of at most SHORT_SEQUENCE steps whose per-step state
+#: (B E N numbers) is at least LOOP_STATE run the plain loop (see _forward)
 SHORT_SEQUENCE = 64
+LOOP_STATE = 2**16
 
 
 @register("mamba")
@@ -174,10 +176,11 @@ class Mamba(KeepFP32Params, Mixer):
         if self.backend == "auto":
             if x.is_cuda and "triton" in self.available_backends(x.device):
                 backend = "triton"
-            elif xc.shape[1] <= SHORT_SEQUENCE:
-                # short chunks: the loop's per-step tensors stay in cache while the blocked
-                # path's workspace does not (CPU, d_model 64, batch 128: T = 15 fwd+bwd 42 vs
-                # 114 ms, T = 64 177 vs 656 ms; at T = 1024, batch 1 chunked is 2.2x faster)
+            elif xc.shape[1] <= SHORT_SEQUENCE and bsz * self.d_inner * self.d_state >= LOOP_STATE:
+                # short chunks of a large batch: each of the loop's steps is already a long
+                # vectorised op, and the blocked path's workspace leaves the cache (CPU,
+                # d_model 64, fwd+bwd, loop vs chunked: batch 32, T = 64 59 vs 66 ms; batch 128,
+                # T = 64 287 vs 414 ms; but batch 8, T = 64 22 vs 16 ms, batch 1 11 vs 3 ms)
                 backend = "reference"
             else:
                 backend = "chunked"
