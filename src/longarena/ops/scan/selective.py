@@ -8,7 +8,8 @@ Per channel e of ``u: (B, T, E)`` and state index n (``N`` per channel)::
 
 Two paths here: :func:`selective_scan_reference` (a plain loop over t, discretising at every
 step: the specification) and :func:`selective_scan_chunked`, which cuts time into blocks of
-``block`` steps (sized so that a block's workspace stays in cache) and runs each block
+``block`` steps (sized so that a block's workspaces, reused from block to block, stay in
+cache) and runs each block
 either in closed form inside short chunks (:mod:`.selective_logspace`: one ``exp2``, one
 division, a cumulative sum; the fast case) or, where a chunk's decays span more than
 ``exp(-60)`` (huge steps), as the product-only two-level chunked scan of :mod:`.chunked`
