@@ -170,51 +170,48 @@ def bench(
     mixers_: Annotated[str, typer.Option("--mixers", help="comma-separated mixer names, or 'all'")] = "attention",
     lengths: Annotated[str, typer.Option(help="comma-separated sequence lengths")] = "1024,4096,16384",
     modes: Annotated[str, typer.Option(help="comma-separated: fwd, fwd_bwd, step")] = "fwd,fwd_bwd,step",
+    peers: Annotated[str, typer.Option(help="peers measured side by side: 'auto' (every installed one), 'none', or names")] = "auto",
+    baseline: Annotated[str, typer.Option(help="mixer or peer every ratio is taken against (added if missing)")] = "attention",
     d_model: Annotated[int, typer.Option(help="model width")] = 64,
     batch: Annotated[int, typer.Option(help="batch size")] = 1,
     device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
-    dtype: Annotated[str, typer.Option(help="float32 or bfloat16")] = "float32",
+    dtype: Annotated[str, typer.Option(help="float32, bfloat16 or float16")] = "float32",
     repeats: Annotated[int, typer.Option(help="timed repeats per cell (median reported)")] = 3,
-    memory: Annotated[bool, typer.Option(help="on CPU, also measure peak memory (one subprocess per cell)")] = False,
-    out: Annotated[Optional[Path], typer.Option(help="write results as JSON here")] = None,
+    memory: Annotated[bool, typer.Option(help="peak memory too (CPU: one subprocess per mixer; GPU: allocator peak)")] = True,
+    out: Annotated[Path, typer.Option(help="folder for bench.json, bench.md and the plots (or a .json file path)")] = Path("runs/bench"),
 ) -> None:
-    """Time (and measure memory of) mixers against sequence length; ratios against the first mixer."""
-    import dataclasses as dc
+    """Time and measure memory of mixers and installed peers against sequence length; ratios to a baseline."""
+    from longarena.arena.bench import BenchConfig, run_bench
+    from longarena.config import ConfigError
 
-    from longarena import mixers as mixers_mod
-    from longarena.arena.bench import sweep
-
-    names = mixers_mod.names() if mixers_ == "all" else [n.strip() for n in mixers_.split(",") if n.strip()]
-    unknown = [n for n in names if n not in mixers_mod.names()]
-    if unknown:
-        _fail(f"unknown mixer(s) {unknown}; known mixers: {', '.join(mixers_mod.names())}")
     try:
-        lens = [int(v) for v in lengths.split(",")]
+        lens = [int(v) for v in lengths.split(",") if v.strip()]
     except ValueError:
-        _fail(f"--lengths must be comma-separated integers, got {lengths!r}")
-    mode_list = [m.strip() for m in modes.split(",")]
-    bad = [m for m in mode_list if m not in ("fwd", "fwd_bwd", "step")]
-    if bad:
-        _fail(f"unknown mode(s) {bad}; expected fwd, fwd_bwd, step")
-    results = sweep(names, lens, mode_list, d_model=d_model, batch=batch, device=device, dtype=dtype,
-                    repeats=repeats, memory=memory,
-                    progress=lambda r: console.print(f"  {r.mixer:<14} T={r.seq_len:<7} {r.mode:<8} "
-                                                     + (f"{r.ms:9.2f} ms" if r.ms is not None else f"[red]{r.error}[/red]")))
-    baseline = {(r.seq_len, r.mode): r.ms for r in results if r.mixer == names[0] and r.ms}
-    table = Table(title=f"bench on {device} ({dtype}, d_model={d_model}, batch={batch})", title_justify="left")
-    for head in ("mixer", "T", "mode", "ms", f"x {names[0]}", "peak MiB"):
-        table.add_column(head, justify="left" if head in ("mixer", "mode") else "right")
-    for r in results:
-        base = baseline.get((r.seq_len, r.mode))
-        table.add_row(r.mixer, str(r.seq_len), r.mode, "error" if r.ms is None else f"{r.ms:.2f}",
-                      f"{r.ms / base:.2f}" if r.ms and base else "", "" if r.peak_mb is None else f"{r.peak_mb:.1f}")
+        _fail(f"--lengths must be comma-separated positive integers, got {lengths!r}")
+    try:
+        config = BenchConfig(
+            mixers=tuple(n.strip() for n in mixers_.split(",") if n.strip()), lengths=tuple(lens),
+            modes=tuple(m.strip() for m in modes.split(",") if m.strip()),
+            peers=tuple(p.strip() for p in peers.split(",") if p.strip()), baseline=baseline, d_model=d_model,
+            batch=batch, device=device, dtype=dtype, repeats=repeats, memory=memory,
+        )
+    except ConfigError as exc:
+        _fail(str(exc))
+    report = run_bench(config, progress=lambda r: console.print(
+        f"  {r.mixer:<16} T={r.seq_len:<7} {r.mode:<8} "
+        + (f"{r.ms:9.2f} ms" if r.ms is not None else f"[red]{r.status}[/red] {r.error}")))
+    header, rows = report.table_rows()
+    table = Table(title=f"bench on {report.device_name} ({dtype}, d_model={d_model}, batch={batch})", title_justify="left")
+    for head in header:
+        table.add_column(head, justify="left" if head in ("subject", "mode") else "right")
+    for row in rows:
+        table.add_row(*row)
     console.print(table)
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.tmp")
-        tmp.write_text(json.dumps([dc.asdict(r) for r in results], indent=2))
-        tmp.replace(out)
-        console.print(f"wrote {out}")
+    for name, why in report.peers_missing.items():
+        console.print(f"peer {name}: {why}")
+    folder, json_path = (out.parent, out) if out.suffix == ".json" else (out, out / "bench.json")
+    for path in (report.write_json(json_path), report.write_markdown(folder / "bench.md"), *report.plot(folder)):
+        console.print(f"wrote {path}")
 
 
 @app.command()

@@ -525,12 +525,10 @@ class BenchReport:
         }
 
     def write_json(self, path: str | os.PathLike) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2, allow_nan=False, default=_json_default))
-        os.replace(tmp, path)
-        return path
+        return _atomic_write(Path(path), json.dumps(self.to_dict(), indent=2, allow_nan=False, default=_json_default))
+
+    def write_markdown(self, path: str | os.PathLike) -> Path:
+        return _atomic_write(Path(path), self.markdown() + "\n")
 
     def table_rows(self) -> tuple[list[str], list[list[str]]]:
         base = self.config.baseline
@@ -575,6 +573,15 @@ class BenchReport:
                                        title=f"{name} vs length ({where})" + oom_note, dashed=peers,
                                        marks=marks))
         return paths
+
+
+def _atomic_write(path: Path, text: str) -> Path:
+    """Write through a temporary file and a rename: a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+    return path
 
 
 def _json_default(value: Any) -> Any:
