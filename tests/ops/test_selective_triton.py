@@ -58,23 +58,25 @@ NAMES = ("y", "h_last", "du", "ddelta", "dA", "dB", "dC", "dD", "dh0")
 
 
 ONE_CHUNK = ((2, 33, 8, 4), Tiles(tile=1, chunk=40))
-CHUNKS = ((2, 33, 6, 3), Tiles(block_e=4, tile=4, chunk=8))
+CHUNKS = ((2, 33, 8, 4), Tiles(block_e=4, tile=4, chunk=8))
+PADDED = ((2, 33, 6, 3), Tiles(block_e=4, tile=4, chunk=8))
 
 
 @pytest.mark.parametrize(
     "dtype,case",
     [
-        # the same kernels as the chunked case with other tile constants: slow under the interpreter
+        # the same kernels as the other cases with other tile constants: slow under the interpreter
         pytest.param(torch.float32, ONE_CHUNK, marks=pytest.mark.slow),
-        (torch.float32, CHUNKS),
+        (torch.float32, PADDED),
         (torch.bfloat16, CHUNKS),
     ],
-    ids=["fp32-one-chunk-step-tiles", "fp32-chunks-and-channel-blocks", "bf16-chunks-and-channel-blocks"],
+    ids=["fp32-one-chunk-step-tiles", "fp32-chunks-padded-channels", "bf16-chunks-and-channel-blocks"],
 )
 def test_triton_matches_reference(device, dtype, case):
     """One chunk: inputs loaded a step at a time, one checkpoint (7 steps of padding). Chunks:
     the backward restarts from 5 checkpoints (the last holding 1 real step of 8), 4-step tiles,
-    E = 6 split over two programs (the second half empty), N = 3 padded to a tile of 4."""
+    E = 8 over two programs; padded: E = 6 (the second program half empty) and N = 3 (a tile
+    of 4)."""
     shape, tiles = case
     inputs = _inputs(*shape)
     ref = _run("reference", inputs, torch.float32, "cpu")
