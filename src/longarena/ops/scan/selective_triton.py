@@ -38,6 +38,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+
 def interpreting() -> bool:
     """Whether ``TRITON_INTERPRET=1`` is set now (Triton reads it when a kernel is defined)."""
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
