@@ -140,29 +140,36 @@ def train(
 
 @app.command()
 def arena(
-    suite: Annotated[str, typer.Option(help="suite name (longarena list suites)")] = "quick",
-    out: Annotated[Path, typer.Option(help="report folder")] = Path("runs/arena"),
-    only: Annotated[Optional[str], typer.Option(help="comma-separated mixers to run (default: all)")] = None,
+    suite: Annotated[str, typer.Option(help="suite name (longarena list suites) or a .json/.yaml suite file")] = "quick",
+    out: Annotated[Path, typer.Option(help="run folder: cached cells and the report; rerunning it resumes")] = Path("runs/arena"),
+    mixers_: Annotated[Optional[str], typer.Option("--mixers", "--only", help="comma-separated mixers/models to run (default: all in the suite)")] = None,
+    fresh: Annotated[bool, typer.Option("--fresh", help="re-run every cell and study instead of loading finished ones from --out")] = False,
 ) -> None:
-    """Run a controlled comparison: every mixer, same shape, data and budget; writes a report."""
+    """Run a controlled comparison: every mixer, same shape, data and budget, then the suite's studies; writes a report."""
     from longarena.arena import get_suite, run_suite
     from longarena.arena.runner import results_table
 
+    selected = [n.strip() for n in mixers_.split(",") if n.strip()] if mixers_ else None
     try:
         s = get_suite(suite)
+        console.print(f"[bold]arena[/bold] suite {s.name!r}: {s.description}")
+        run = run_suite(s, out, progress=True, only=selected, fresh=fresh, log=console.print)
     except ValueError as exc:
         _fail(str(exc))
-    console.print(f"[bold]arena[/bold] suite {s.name!r}: {s.description}")
-    selected = [n.strip() for n in only.split(",")] if only else None
-    results = run_suite(s, out, progress=True, only=selected, console=console)
-    rows = results_table(results)
+    except KeyboardInterrupt:
+        console.print(f"[yellow]interrupted[/yellow]: finished cells are kept in {out}; run the same command to resume")
+        raise typer.Exit(130)
+    rows = results_table(run.cells)
     table = Table(title=f"suite {s.name}", title_justify="left")
     for head in rows[0]:
         table.add_column(head, justify="right" if head not in ("task", "mixer") else "left")
     for row in rows[1:]:
         table.add_row(*row)
     console.print(table)
-    console.print(f"report: {out / 'report.md'}")
+    for record in run.studies:
+        status = f"[red]error[/red] {record.result.error}" if record.result.error else f"{len(record.result.figures)} figure(s)"
+        console.print(f"study {record.spec.kind}: {status}")
+    console.print(f"report: {out / 'report.md'} and {out / 'report.html'} ({run.seconds:.0f} s)")
 
 
 @app.command()

@@ -130,3 +130,14 @@ def test_studies_record_errors_and_keep_going(tmp_path, fake_study):
     assert run.studies[2].spec.title == "Broken"
     # failed studies are not cached: the next run tries them again
     assert not (tmp_path / run.studies[2].folder / "result.json").exists()
+
+
+def test_loss_curve_is_window_means():
+    history = [{"step": i + 1, "loss": float(i)} for i in range(130)]
+    curve = runner._curve(history)
+    assert len(curve) <= runner.CURVE_POINTS
+    stride = 3  # ceil(130 / 60)
+    assert curve[0] == [3.0, 1.0] and curve[1] == [6.0, 4.0]
+    assert curve[-1] == [130.0, 129.0]  # the last, shorter window
+    assert len(curve) == -(-130 // stride)
+    assert runner._curve([]) == []

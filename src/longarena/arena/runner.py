@@ -204,11 +204,10 @@ def _whole_model(cell: Cell, name: str, task) -> torch.nn.Module:
 
 
 def _curve(history: list[dict[str, float]]) -> list[list[float]]:
+    """(last step, mean training loss) of at most CURVE_POINTS consecutive windows of steps."""
     stride = max(1, -(-len(history) // CURVE_POINTS))
-    picked = history[stride - 1::stride]
-    if history and (not picked or picked[-1] is not history[-1]):
-        picked.append(history[-1])
-    return [[float(h["step"]), float(h["loss"])] for h in picked]
+    windows = [history[i:i + stride] for i in range(0, len(history), stride)]
+    return [[float(w[-1]["step"]), sum(float(h["loss"]) for h in w) / len(w)] for w in windows]
 
 
 def run_cell(cell: Cell, mixer: str, *, progress: bool = False, task: Any = None) -> CellResult:
