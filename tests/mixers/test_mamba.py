@@ -197,3 +197,17 @@ def test_mamba_solves_selective_copying_where_lti_s4d_does_worse():
     s4d_acc = _train_selective_copying("s4d", d_state=128)
     assert mamba_acc >= 0.95
     assert s4d_acc <= mamba_acc - 0.05
+
+
+def test_backward_under_bf16_autocast_on_cpu():
+    """bf16 gradients reaching the fp32 chunked scan's hand-written backward are cast, not refused."""
+    torch.manual_seed(0)
+    m = mixers.get("mamba", 16, d_state=4)
+    x = torch.randn(2, 40, 16, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y, _ = m(x)
+    y.float().sum().backward()
+    ref = x.detach().clone().requires_grad_(True)
+    m(ref)[0].sum().backward()
+    assert torch.isfinite(x.grad).all()
+    assert (x.grad - ref.grad).norm() / ref.grad.norm() < 0.1

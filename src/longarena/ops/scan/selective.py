@@ -170,9 +170,11 @@ class _SelectiveScanFn(torch.autograd.Function):
     def backward(ctx, gy, gh_last):
         u, delta, a, b, c, *h_ins = ctx.saved_tensors
         bsz, _, e = u.shape
-        gy = torch.zeros_like(u) if gy is None else gy
+        # under autocast the incoming gradients may be bf16 while the scan ran in fp32
+        gy = torch.zeros_like(u) if gy is None else gy.to(u.dtype)
         if gh_last is None:
             gh_last = torch.zeros(bsz, e, a.shape[-1], dtype=u.dtype, device=u.device)
+        gh_last = gh_last.to(u.dtype)
         g_carry = gh_last
         gu, gdelta = torch.zeros_like(u), torch.zeros_like(delta)
         gb, gc, ga = torch.zeros_like(b), torch.zeros_like(c), torch.zeros_like(a)
