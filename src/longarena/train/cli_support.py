@@ -87,6 +87,9 @@ def run(raw: dict[str, Any], *, out: Path | None, resume: bool, tensorboard: boo
         model, resolved.task, resolved.train, run_dir=out, resume=resume, run_config=resolved.raw,
         progress=True, description=description, tensorboard=tensorboard, console=console,
     )
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        # a launched run ends its process group itself (NCCL warns of leaked resources otherwise)
+        torch.distributed.destroy_process_group()
     return resolved, result
 
 
