@@ -2,7 +2,7 @@
 
     python benchmarks/arena_listops.py                         # baselines only (~1 min)
     python benchmarks/arena_listops.py --mixers attention,s4d  # + mixers at the cell's budget
-    python benchmarks/arena_listops.py --mixers attention,s4d --steps 1000 --d-model 64
+    python benchmarks/arena_listops.py --mixers attention,s4d --steps 1000 --d-model 64 --layers 2
 
 Reads the ListOps cell of the ``quick`` suite (so it always measures the suite's real task)
 and reports on its validation split:
@@ -14,7 +14,8 @@ and reports on its validation split:
   re-assignments of its digits to the same tree's leaves. The generator draws digits iid,
   so these trees are equally likely; knowing the tree shape and the digit multiset is more
   than knowing the bag, so no bag-of-tokens model can beat the mean of this share;
-- optionally, mixers trained like the arena cell (``--steps``/``--d-model`` change the budget).
+- optionally, mixers trained like the arena cell (``--steps``/``--d-model``/``--layers``
+  change the budget).
 
 Prints a table and writes JSON (--out).
 """
@@ -86,6 +87,7 @@ def main() -> None:
     parser.add_argument("--mixers", default="", help="comma-separated mixers to train like the arena cell")
     parser.add_argument("--steps", type=int, default=None, help="training steps (default: the cell's)")
     parser.add_argument("--d-model", type=int, default=None, help="model width (default: the cell's)")
+    parser.add_argument("--layers", type=int, default=None, help="model depth (default: the cell's)")
     parser.add_argument("--epochs", type=int, default=40, help="bag-of-tokens MLP epochs")
     parser.add_argument("--draws", type=int, default=64, help="digit re-assignments per example for the ceiling")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/arena_listops.json"))
@@ -107,10 +109,12 @@ def main() -> None:
         changes["train"] = {**cell.train, "steps": args.steps}
     if args.d_model is not None:
         changes["d_model"] = args.d_model
+    if args.layers is not None:
+        changes["n_layers"] = args.layers
     cell = cell.replace(**changes)
     for name in [n.strip() for n in args.mixers.split(",") if n.strip()]:
         r = run_cell(cell, name, task=task)
-        rows.append((f"{name} (d_model {cell.d_model}, {cell.train['steps']} steps)",
+        rows.append((f"{name} (d_model {cell.d_model} x {cell.n_layers}, {cell.train['steps']} steps)",
                      float("nan") if r.accuracy is None else r.accuracy, r.seconds))
 
     stats = listops.stats(validation)
