@@ -149,3 +149,11 @@ def test_plain_makes_study_data_json_ready():
     assert data == {"a": 0.5, "b": [0, 1, 2], "c": None, "d": [1, "x"]}
     with pytest.raises(TypeError, match="cannot store a object"):
         report.plain({"bad": object()})
+
+
+def test_html_puts_the_title_then_a_nested_contents(tmp_path):
+    text = report.render_html("# T\n\n## A\n\n### a1\n\n### a2\n\n## B\n\ntext", tmp_path, "t")
+    body = text.split("<body>\n", 1)[1]
+    assert body.startswith('<h1 id="t">T</h1>\n<nav>')
+    assert ('<ul><li><a href="#a">A</a><ul><li><a href="#a1">a1</a></li><li><a href="#a2">a2</a></li></ul></li>'
+            '<li><a href="#b">B</a><ul></ul></li></ul>') in body

@@ -338,16 +338,35 @@ def markdown_to_html(markdown: str, root: Path) -> tuple[str, list[tuple[int, st
     return "\n".join(out), headings
 
 
+def _toc(headings: list[tuple[int, str, str]]) -> str:
+    """List items of the level-2 headings, each with its level-3 headings nested under it."""
+    parts: list[str] = []
+    open_item = False
+    for level, anchor, text in headings:
+        link = f'<a href="#{anchor}">{html.escape(text)}</a>'
+        if level == 2:
+            if open_item:
+                parts.append("</ul></li>")
+            parts.append(f"<li>{link}<ul>")
+            open_item = True
+        elif level == 3 and open_item:
+            parts.append(f"<li>{link}</li>")
+    if open_item:
+        parts.append("</ul></li>")
+    return "".join(parts)
+
+
 def render_html(markdown: str, root: Path, title: str) -> str:
     body, headings = markdown_to_html(markdown, root)
-    toc = "".join(
-        f'<li style="margin-left:{(level - 2) * 1.2}em"><a href="#{anchor}">{html.escape(text)}</a></li>'
-        for level, anchor, text in headings if level in (2, 3)
-    )
+    toc = _toc(headings)
+    nav = f"<nav><strong>Contents</strong><ul>{toc}</ul></nav>"
+    # the title first, then the contents
+    first, _, rest = body.partition("\n")
+    body = f"{first}\n{nav}\n{rest}" if first.startswith("<h1") else f"{nav}\n{body}"
     return (
         "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
         f"<title>{html.escape(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
-        f"<nav><strong>Contents</strong><ul>{toc}</ul></nav>\n{body}\n</body>\n</html>\n"
+        f"{body}\n</body>\n</html>\n"
     )
 
 
