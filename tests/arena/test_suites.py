@@ -70,6 +70,15 @@ def test_suite_files_load_and_name_bad_keys(tmp_path):
     bad.write_text(json.dumps({"name": "bad", "cells": [{"task": "majority", "mixers": ["s4dd"]}]}))
     with pytest.raises(ConfigError, match="unknown mixer.*s4dd"):
         get_suite(str(bad))
+    bad.write_text(json.dumps({"name": "bad", "cells": [{"task": "majority", "d_model": "wide"}]}))
+    with pytest.raises(ConfigError, match=r"bad.json: Cell.d_model must be int, got str 'wide'"):
+        get_suite(str(bad))
+    bad.write_text(json.dumps({"name": "bad", "cells": [{"task": "majority", "train": {"steps": "many"}}]}))
+    with pytest.raises(ConfigError, match=r"Cell.train .* wrong type"):
+        get_suite(str(bad))
+    bad.write_text(json.dumps({"name": "bad", "studies": [{"kind": "bench", "config": [64]}]}))
+    with pytest.raises(ConfigError, match=r"StudySpec.config must be a dict"):
+        get_suite(str(bad))
     bad.write_text("{ nope")
     with pytest.raises(ConfigError, match="not valid JSON"):
         get_suite(str(bad))

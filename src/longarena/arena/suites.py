@@ -19,6 +19,16 @@ from longarena.config import Config, ConfigError
 from longarena.train.loop import TrainConfig
 
 
+def _expect_types(config: Config, **types: type | tuple[type, ...]) -> None:
+    """Raise ``ConfigError`` naming the first field whose value is not of its type."""
+    for field, expected in types.items():
+        value = getattr(config, field)
+        # bool is an int to Python, never a width or a depth
+        if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+            names = " or ".join(t.__name__ for t in (expected if isinstance(expected, tuple) else (expected,)))
+            raise ConfigError(f"{type(config).__name__}.{field} must be {names}, got {type(value).__name__} {value!r}")
+
+
 @dataclasses.dataclass
 class Cell(Config):
     """One comparison: ``mixers`` each train the same model shape on ``task``.
@@ -40,6 +50,8 @@ class Cell(Config):
     train: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def validate(self) -> None:
+        _expect_types(self, task=str, task_config=dict, d_model=int, n_layers=int, mixer_overrides=dict, models=dict,
+                      train=dict)
         if isinstance(self.mixers, str):
             if self.mixers not in ("all", "causal"):
                 raise ConfigError(f"Cell.mixers must be 'all', 'causal' or a list of mixer names, got {self.mixers!r}")
@@ -51,7 +63,10 @@ class Cell(Config):
             raise ConfigError(f"Cell.mixers must be 'all', 'causal' or a list of mixer names, got {type(self.mixers).__name__}")
         if self.d_model <= 0 or self.n_layers <= 0:
             raise ConfigError(f"Cell needs d_model > 0 and n_layers > 0, got {self.d_model} and {self.n_layers}")
-        TrainConfig.from_dict(self.train)  # names an unknown or out-of-range training field now, not mid-run
+        try:  # names an unknown or out-of-range training field now, not mid-run
+            TrainConfig.from_dict(self.train)
+        except TypeError as exc:
+            raise ConfigError(f"Cell.train {self.train!r} has a value of the wrong type: {exc}") from exc
 
     def train_config(self) -> TrainConfig:
         return TrainConfig.from_dict(self.train)
@@ -81,6 +96,7 @@ class StudySpec(Config):
     title: str | None = None
 
     def validate(self) -> None:
+        _expect_types(self, title=(str, type(None)))
         if not isinstance(self.kind, str) or not self.kind:
             raise ConfigError(f"StudySpec.kind must be a study name, got {self.kind!r}")
         if not isinstance(self.config, dict):
@@ -95,6 +111,7 @@ class Suite(Config):
     studies: tuple[StudySpec, ...] = ()
 
     def validate(self) -> None:
+        _expect_types(self, name=str, description=str)
         for field, cls in (("cells", Cell), ("studies", StudySpec)):
             items = tuple(getattr(self, field))
             bad = [type(v).__name__ for v in items if not isinstance(v, cls)]
