@@ -101,6 +101,14 @@ def test_markdown_has_the_matrix_cells_and_studies(run_folder):
     # the matrix row of s4d: its two accuracies, in cell order
     assert f"| s4d | {acc[('associative_recall', 's4d')]:.3f} | {acc[('majority', 's4d')]:.3f} |" in md
     assert f"| perceiver | – | {acc[('majority', 'perceiver')]:.3f} |" in md
+    # the reference row: the most frequent label of the majority cell's validation split, counted here
+    from longarena import tasks
+
+    cell = payload["suite"]["cells"][1]
+    labels = [int(ex["label"]) for ex in tasks.get(cell["task"], **cell["task_config"]).split("validation")]
+    share = max(labels.count(v) for v in set(labels)) / len(labels)
+    assert payload["references"] == [{"cell": 1, "name": "most frequent class", "accuracy": share}]
+    assert f"| *most frequent class* | – | {share:.3f} |" in md
     assert "### A fake study" in md and "#### Reading it" in md  # the study's heading nests under its section
     assert "![fake: line](studies/fake__" in md
     assert "unknown study 'not_a_study'" in md and "**This study failed**" in md

@@ -63,6 +63,15 @@ def accuracy_matrix(payload: dict[str, Any]) -> tuple[list[str], list[str], list
     return rows, [labels[j] for j in used], [[v[j] for j in used] for v in values]
 
 
+def _references(payload: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """Cell label -> {reference name: accuracy} (e.g. the most frequent class of a classification task)."""
+    labels = cell_labels(payload)
+    out: dict[str, dict[str, float]] = {}
+    for ref in payload.get("references", []):
+        out.setdefault(labels[ref["cell"]], {})[ref["name"]] = ref["accuracy"]
+    return out
+
+
 def plot_accuracy_matrix(payload: dict[str, Any], path: Path) -> bool:
     """The mixer x cell heatmap; False (nothing written) when no cell ran."""
     rows, cols, values = accuracy_matrix(payload)
@@ -85,7 +94,10 @@ def plot_accuracy_matrix(payload: dict[str, Any], path: Path) -> bool:
             else:
                 text, colour = ("error" if v == "error" else "–"), ("#b00020" if v == "error" else "#777777")
             ax.text(j, i, text, ha="center", va="center", color=colour, fontsize=9)
-    ax.set_xticks(range(len(cols)), cols, rotation=20, ha="right")
+    refs = _references(payload)
+    ticks = [label + "".join(f"\n({name} {acc:.2f})" for name, acc in refs.get(label, {}).items()) for label in cols]
+    ax.set_xticks(range(len(cols)), ticks, rotation=0 if len(cols) < 4 else 20, ha="center" if len(cols) < 4 else "right",
+                  fontsize=9)
     ax.set_yticks(range(len(rows)), rows)
     ax.set_title(f"accuracy, suite {payload['suite']['name']} (– : not run in that cell)", fontsize=10)
     fig.colorbar(image, ax=ax, fraction=0.04, pad=0.02)
@@ -150,13 +162,17 @@ def _cell_sections(payload: dict[str, Any], *, matrix: bool, curves: bool) -> li
         "Validation accuracy of every mixer on every cell: over the scored tokens for "
         "language-modelling tasks, over sequences for classification. Every mixer of a cell has "
         "the same width, depth, data, steps and seed. `–`: not in that cell (non-causal mixers "
-        "are not trained as language models).",
+        "are not trained as language models). Rows in italics are references that need no model "
+        "(the most frequent class of a classification task's validation split).",
         "",
     ]
     if matrix:
         lines += [f"![accuracy matrix]({MATRIX_PNG})", ""]
-    lines += _table(["mixer", *cols], [[r, *(_fmt(v) if v is not None else "–" for v in vals)]
-                                        for r, vals in zip(rows, values)])
+    table = [[r, *(_fmt(v) if v is not None else "–" for v in vals)] for r, vals in zip(rows, values)]
+    refs = _references(payload)
+    for name in sorted({n for r in refs.values() for n in r}):
+        table.append([f"*{name}*", *(_fmt(refs.get(c, {}).get(name)) or "–" for c in cols)])
+    lines += _table(["mixer", *cols], table)
     lines += ["", "## Cells", ""]
     labels = cell_labels(payload)
     for j, cell in enumerate(payload["suite"]["cells"]):

@@ -90,6 +90,8 @@ class ArenaRun:
     studies: list[StudyRecord]
     seconds: float
     selected: list[str] | None = None
+    #: per cell index, accuracies that need no sequence model (e.g. the most frequent class)
+    references: dict[int, dict[str, float]] = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """The ``results.json`` payload (see results.schema.json)."""
@@ -102,6 +104,8 @@ class ArenaRun:
             "seconds": self.seconds,
             "selected_mixers": self.selected,
             "cells": [dataclasses.asdict(c) for c in self.cells],
+            "references": [{"cell": j, "name": name, "accuracy": acc}
+                           for j, refs in sorted(self.references.items()) for name, acc in refs.items()],
             "studies": [
                 {
                     "kind": s.spec.kind,
@@ -344,11 +348,25 @@ def run_suite(
             status = f"acc {result.accuracy:.3f}" if result.error is None else f"error {result.error}"
             timing = "cached" if result.cached else f"{result.seconds:.1f}s, CPU {result.cpu_seconds:.1f}s"
             say(f"  {cell.task:<20} {name:<16} {status}  ({timing})")
+    references = {index: refs for index, cell, task, names in plan if names and (refs := reference_accuracies(task))}
     records = [_run_study(spec, out, fresh=fresh, progress=progress, say=say) for spec in suite.studies]
-    run = ArenaRun(suite, cells, records, time.perf_counter() - start, only)
+    run = ArenaRun(suite, cells, records, time.perf_counter() - start, only, references)
     if out is not None:
         report.write_report(run.to_dict(), out)
     return run
+
+
+def reference_accuracies(task: Any) -> dict[str, float]:
+    """Validation accuracy of answering without reading the input: the most frequent class."""
+    if task.kind == "lm":
+        return {}
+    try:
+        labels = [int(ex["label"]) for ex in task.split("validation")]
+    except Exception:  # the cells record why the data is unusable
+        return {}
+    if not labels:
+        return {}
+    return {"most frequent class": max(labels.count(v) for v in set(labels)) / len(labels)}
 
 
 def _prepare_data(cell: Cell, task: Any, say: Callable[[str], None]) -> bool:
