@@ -21,7 +21,10 @@ def _fake_study(config, out_dir: Path, progress: bool) -> studies.StudyResult:
     fig.savefig(out_dir / "line.png", format="png")
     plt.close(fig)
     table = "| x | y |\n|---|---|\n| 1 | " + str(config["slope"]) + " |"
-    return studies.StudyResult("fake", "A fake study", {"slope": config["slope"]}, ["line.png"],
+    import numpy as np
+
+    # a numpy value in the data, as real studies produce: the cache and results.json must store it
+    return studies.StudyResult("fake", "A fake study", {"slope": np.float32(config["slope"])}, ["line.png"],
                                "## Reading it\n\nThe line rises with **slope** `" + str(config["slope"]) + "`.\n\n" + table)
 
 

@@ -337,7 +337,8 @@ def run_suite(
                 result = CellResult(**{**cached["result"], "cached": True})
             else:
                 if not data_ready:  # generated once per cell, outside every mixer's timing
-                    data_ready = _prepare_data(cell, task, say)
+                    _prepare_data(cell, task, say)
+                    data_ready = True
                 result = run_cell(cell, name, progress=progress, task=task)
                 result.key = key
                 if path is not None and result.error is None:
@@ -369,16 +370,15 @@ def reference_accuracies(task: Any) -> dict[str, float]:
     return {"most frequent class": max(labels.count(v) for v in set(labels)) / len(labels)}
 
 
-def _prepare_data(cell: Cell, task: Any, say: Callable[[str], None]) -> bool:
+def _prepare_data(cell: Cell, task: Any, say: Callable[[str], None]) -> None:
     start = time.perf_counter()
     try:
         for split in ("train", "validation"):
             task.split(split)
     except Exception as exc:  # left to run_cell, which records it against each mixer
         say(f"  {cell.task:<20} data failed: {type(exc).__name__}: {exc}")
-        return True
+        return
     say(f"  {cell.task:<20} data ready ({time.perf_counter() - start:.1f}s)")
-    return True
 
 
 def _run_study(spec: StudySpec, out: Path | None, *, fresh: bool, progress: bool, say: Callable[[str], None]) -> StudyRecord:
@@ -393,8 +393,12 @@ def _run_study(spec: StudySpec, out: Path | None, *, fresh: bool, progress: bool
     target = out / folder if out is not None else Path(tempfile.mkdtemp(prefix=f"longarena-{spec.kind}-"))
     result = studies.run_study(spec.kind, spec.config, target, progress=progress)
     if out is not None and result.error is None:
-        _atomic_write(out / folder / "result.json", json.dumps({"format_version": FORMAT_VERSION, "key": key,
-                                                               "spec": spec.to_dict(), "result": dataclasses.asdict(result)}))
+        from longarena.arena.report import plain
+
+        # plain(): study data may hold numpy values, which json cannot write
+        _atomic_write(out / folder / "result.json", json.dumps(plain({"format_version": FORMAT_VERSION, "key": key,
+                                                                     "spec": spec.to_dict(),
+                                                                     "result": dataclasses.asdict(result)})))
     status = f"error {result.error}" if result.error else "done"
     say(f"  study {spec.kind:<22} {status} ({result.seconds:.1f}s)")
     return StudyRecord(spec, result, folder, key)
