@@ -34,13 +34,21 @@ def _write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _save_figure(fig: Any, path: Path) -> None:
-    import matplotlib.pyplot as plt
+def _figure(**kwargs: Any) -> Any:
+    """A matplotlib Figure outside pyplot: the caller's backend and open figures are left alone."""
+    from matplotlib.figure import Figure
 
+    return Figure(**kwargs)
+
+
+def _save_figure(fig: Any, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
     os.replace(tmp, path)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def cell_labels(payload: dict[str, Any]) -> list[str]:
@@ -78,18 +86,16 @@ def plot_accuracy_matrix(payload: dict[str, Any], path: Path) -> bool:
     if not rows:
         return False
     import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
 
-    grid = np.array([[v if isinstance(v, float) else np.nan for v in row] for row in values], dtype=float)
-    fig, ax = plt.subplots(figsize=(1.6 + 1.5 * max(len(cols), 1), 0.9 + 0.36 * max(len(rows), 1)))
+    grid = np.array([[v if _number(v) else np.nan for v in row] for row in values], dtype=float)
+    fig = _figure(figsize=(1.6 + 1.5 * max(len(cols), 1), 0.9 + 0.36 * max(len(rows), 1)))
+    ax = fig.subplots()
     cmap = matplotlib.colormaps["viridis"].with_extremes(bad="#dddddd")
     image = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, vmin=0.0, vmax=1.0, aspect="auto")
     for i, row in enumerate(values):
         for j, v in enumerate(row):
-            if isinstance(v, float):
+            if _number(v):
                 text, colour = f"{v:.2f}", "black" if v > 0.6 else "white"
             else:
                 text, colour = ("error" if v == "error" else "–"), ("#b00020" if v == "error" else "#777777")
@@ -113,13 +119,11 @@ def plot_training_curves(payload: dict[str, Any], path: Path) -> bool:
         return False
     import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 3.8), squeeze=False)
+    fig = _figure(figsize=(5.2 * len(panels), 3.8))
+    axes = fig.subplots(1, len(panels), squeeze=False)
     for ax, j in zip(axes[0], panels):
         cells = [c for c in payload["cells"] if c["cell"] == j and c["curve"]]
-        cmap = plt.get_cmap("tab20")
+        cmap = matplotlib.colormaps["tab20"]
         for k, c in enumerate(cells):
             steps, losses = zip(*c["curve"])
             ax.plot(steps, losses, label=c["mixer"], color=cmap(k % 20), linewidth=1.2)
