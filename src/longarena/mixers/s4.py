@@ -55,6 +55,7 @@ from torch import Tensor, nn
 from longarena.config import ConfigError
 from longarena.mixers import register
 from longarena.mixers.base import KeepFP32Params, Mixer, MixerConfig, MixerInputError
+from longarena.ops import cmath
 from longarena.ops.conv import long_conv
 from longarena.ops.scan import linear_scan
 
@@ -152,7 +153,7 @@ def _time_blocks(length: int) -> list[tuple[int, int]]:
 def _diag_powers(log_abar: Tensor, length: int) -> Tensor:
     """``Abar^j`` for ``j < min(length, TIME_BLOCK)``: (H, N/2, j), as ``exp(j log Abar)``."""
     steps = torch.arange(min(length, TIME_BLOCK), device=log_abar.device)
-    return torch.exp(log_abar[..., None] * steps)
+    return cmath.exp(log_abar[..., None] * steps)
 
 
 def _krylov(mat: Tensor, vec: Tensor, length: int) -> Tensor:
@@ -258,7 +259,7 @@ class S4(KeepFP32Params, Mixer):
             blocks = []
             for start, n in _time_blocks(length):
                 # Abar^(start + j) = Abar^start * Abar^j: one table of powers serves every block
-                coef = c * bbar * torch.exp(log_abar * start)  # (dirs, H, N/2)
+                coef = c * bbar * cmath.exp(log_abar * start)  # (dirs, H, N/2)
                 blocks.append(2 * torch.einsum("khn,hnl->khl", coef, base[..., :n]).real)
             return torch.cat(blocks, dim=-1) if blocks else c.real.new_zeros(c.shape[:2] + (0,))
         return self._cauchy_kernel(length)
@@ -361,12 +362,12 @@ class S4(KeepFP32Params, Mixer):
                 # sum over the block of Abar^{T-1-s} Bbar u_s = Abar^{T-start-n} sum_j Abar^{n-1-j} Bbar u_j
                 weights = (bbar[..., None] * base[..., :n]).flip(-1)  # (H, N/2, n)
                 part = torch.einsum("bjh,hnj->bhn", uc[:, start : start + n], weights)
-                new_state = new_state + torch.exp(log_abar * (t - start - n)) * part
+                new_state = new_state + cmath.exp(log_abar * (t - start - n)) * part
                 if state is not None:
-                    coef = c[0] * torch.exp(log_abar * (start + 1))  # C Abar^{start+1}
+                    coef = c[0] * cmath.exp(log_abar * (start + 1))  # C Abar^{start+1}
                     contribs.append(2 * torch.einsum("hn,hnj,bhn->bjh", coef, base[..., :n], state).real)
             if state is not None:
-                new_state = new_state + torch.exp(log_abar * t) * state
+                new_state = new_state + cmath.exp(log_abar * t) * state
             return (torch.cat(contribs, dim=1) if contribs else u.new_zeros(())), new_state
         abar, bbar, c = self.discrete_dense()
         width = min(t, TIME_BLOCK)
