@@ -213,7 +213,9 @@ def _quick() -> Suite:
                 mixers="all",
                 d_model=32,
                 n_layers=1,
-                mixer_overrides={"nystromformer": {"n_landmarks": 8}},
+                # Linformer's projections are sized by max_len: at its default (4096) they alone
+                # would be 40x the other models' parameters
+                mixer_overrides={"nystromformer": {"n_landmarks": 8}, "linformer": {"max_len": 64, "proj_len": 16}},
                 models={"perceiver": {"n_latents": 8, "d_latent": 32, "n_latent_layers": 1}},
                 train=dict(steps=200, batch_size=128, lr=3e-3, warmup=20),
             ),
@@ -250,7 +252,7 @@ def _smoke() -> Suite:
                 mixers="all",
                 d_model=32,
                 n_layers=1,
-                mixer_overrides={"nystromformer": {"n_landmarks": 4}},
+                mixer_overrides={"nystromformer": {"n_landmarks": 4}, "linformer": {"max_len": 32, "proj_len": 8}},
                 models={"perceiver": {"n_latents": 4, "d_latent": 32, "n_latent_layers": 1}},
                 train=dict(steps=3, batch_size=16, warmup=1, eval_batches=1),
             ),
