@@ -169,8 +169,9 @@ def cell_key(cell: Cell, mixer: str, task: Any = None) -> str:
     """Hash of everything that decides one (cell, mixer) result, defaults filled in.
 
     Filling defaults makes a changed library default a different key (the old result is
-    not reused); other mixers of the cell are not part of it, so adding one to a suite
-    keeps the others' cached results.
+    not reused), and so does a new library version; code changed within a version is not
+    seen (``--fresh``). Other mixers of the cell are not part of it, so adding one to a
+    suite keeps the others' cached results.
     """
     task = task or tasks.get(cell.task, **cell.task_config)
     if mixer in cell.models:
@@ -183,6 +184,7 @@ def cell_key(cell: Cell, mixer: str, task: Any = None) -> str:
             model = {"mixer": mixer, "overrides": overrides}
     return _hash({
         "format": FORMAT_VERSION,
+        "library": longarena.__version__,
         "task": cell.task,
         "task_config": task.config.to_dict(),
         "d_model": cell.d_model,
