@@ -141,3 +141,17 @@ def test_loss_curve_is_window_means():
     assert curve[-1] == [130.0, 129.0]  # the last, shorter window
     assert len(curve) == -(-130 // stride)
     assert runner._curve([]) == []
+
+
+def test_suite_threads_apply_while_it_runs(monkeypatch):
+    import torch
+
+    seen = []
+    monkeypatch.setattr(runner, "run_cell", lambda cell, mixer, **kw: seen.append(torch.get_num_threads())
+                        or runner.CellResult(cell.task, mixer, 0.5, 1.0, 1, None, 0.0))
+    before = torch.get_num_threads()
+    suite = tiny_suite(cells=tiny_suite().cells[:1], studies=(), threads=1)
+    run_suite(suite, None)
+    assert seen == [1, 1] and torch.get_num_threads() == before
+    with pytest.raises(ConfigError, match="threads must be >= 1"):
+        tiny_suite(threads=0)

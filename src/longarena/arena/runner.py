@@ -327,6 +327,17 @@ def run_suite(
     if out is not None:
         check_run_folder(out, fresh=fresh)
         _atomic_write(out / MANIFEST, json.dumps({"format_version": FORMAT_VERSION, "library_version": longarena.__version__}))
+    threads = torch.get_num_threads()
+    if suite.threads is not None:
+        torch.set_num_threads(suite.threads)
+    try:
+        return _run(suite, plan, out, only=only, fresh=fresh, progress=progress, say=say, report=report)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(suite: Suite, plan: list, out: Path | None, *, only: list[str] | None, fresh: bool, progress: bool,
+         say: Callable[[str], None], report: Any) -> ArenaRun:
     start = time.perf_counter()
     cells: list[CellResult] = []
     for index, cell, task, names in plan:

@@ -109,9 +109,16 @@ class Suite(Config):
     description: str = ""
     cells: tuple[Cell, ...] = ()
     studies: tuple[StudySpec, ...] = ()
+    #: torch CPU threads while the suite runs (None: torch's default, one per core). Tiny
+    #: models gain little from a second thread, and on a shared machine every parallel op
+    #: waits for the slowest thread: the quick suite's cells ran 10-40x slower with two
+    #: threads beside another job, about 1.5x with one
+    threads: int | None = None
 
     def validate(self) -> None:
-        _expect_types(self, name=str, description=str)
+        _expect_types(self, name=str, description=str, threads=(int, type(None)))
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"Suite.threads must be >= 1 or None (torch's default), got {self.threads}")
         for field, cls in (("cells", Cell), ("studies", StudySpec)):
             items = tuple(getattr(self, field))
             bad = [type(v).__name__ for v in items if not isinstance(v, cls)]
@@ -220,6 +227,7 @@ def _quick() -> Suite:
                 train=dict(steps=200, batch_size=128, lr=3e-3, warmup=20),
             ),
         ),
+        threads=1,
         # each study kind's defaults are its quick settings (see longarena.arena.study_kinds)
         studies=(
             StudySpec("bench"),
@@ -236,6 +244,7 @@ def _smoke() -> Suite:
     return Suite(
         name="smoke",
         description="A few steps per mixer on the quick suite's tasks, no studies: checks that every mixer trains end to end.",
+        threads=1,
         cells=(
             Cell(
                 task="associative_recall",
