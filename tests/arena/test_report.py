@@ -23,16 +23,15 @@ def run_folder(tmp_path_factory):
     from longarena.arena import studies
 
     out = tmp_path_factory.mktemp("arena")
-    saved = dict(studies.STUDIES)
     from .conftest import _fake_study
 
-    studies.STUDIES["fake"] = _fake_study
-    studies.STUDIES["broken"] = lambda c, o, p: (_ for _ in ()).throw(RuntimeError("always fails"))
+    added = {"fake": _fake_study, "broken": lambda c, o, p: (_ for _ in ()).throw(RuntimeError("always fails"))}
+    studies.STUDIES.update(added)
     try:
         run_suite(tiny_suite(), out)
     finally:
-        studies.STUDIES.clear()
-        studies.STUDIES.update(saved)
+        for kind in added:  # only what this fixture added: the built-in kinds stay registered
+            studies.STUDIES.pop(kind, None)
     return out
 
 

@@ -7,7 +7,6 @@ import math
 
 import pytest
 
-import longarena.arena.study_kinds  # noqa: F401  (registered at collection, before any test snapshots the registry)
 from longarena.arena import studies
 from longarena.arena.studies import run_study
 

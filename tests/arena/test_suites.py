@@ -118,3 +118,9 @@ def test_quick_listops_needs_more_than_a_bag_of_tokens(monkeypatch):
                 continue
             break
     assert ambiguous > 0.5 * len(split), ambiguous  # 89 of these 100
+
+
+def test_study_names_list_the_built_in_kinds_before_any_study_ran():
+    from longarena.arena import studies
+
+    assert {"bench", "state_recall", "train_short_test_long", "niah"} <= set(studies.names())

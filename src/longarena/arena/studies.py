@@ -49,13 +49,19 @@ def register(kind: str) -> Callable[[StudyFn], StudyFn]:
     return wrap
 
 
+def _load_builtin() -> None:
+    """Import the built-in study kinds (they register themselves); lazy, as they pull in plotting."""
+    import longarena.arena.study_kinds  # noqa: F401
+
+
 def names() -> list[str]:
+    _load_builtin()
     return sorted(STUDIES)
 
 
 def run_study(kind: str, config: dict[str, Any], out_dir: str | Path, *, progress: bool = False) -> StudyResult:
     """Run one study; a failure, or an unknown kind, becomes a result with ``error`` set so the arena goes on."""
-    import longarena.arena.study_kinds  # noqa: F401  (registers the built-in study kinds)
+    _load_builtin()
     if kind not in STUDIES:
         message = f"unknown study {kind!r}; known studies: {', '.join(names()) or '(none)'}"
         return StudyResult(kind, kind, {}, [], "", 0.0, f"{ConfigError.__name__}: {message}")
