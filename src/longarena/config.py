@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 import types
 import typing
+from pathlib import Path
 from typing import Any, TypeVar
 
 C = TypeVar("C", bound="Config")
@@ -92,3 +95,32 @@ def build_config(cls: type[C], config: C | dict[str, Any] | None, overrides: dic
         raise ConfigError(f"expected a {cls.__name__} or a dict, got {type(config).__name__}")
     base.update(overrides)
     return cls.from_dict(base)
+
+
+def read_mapping_file(path: str | os.PathLike, what: str, expected: str) -> dict[str, Any]:
+    """The mapping held by a JSON (``.json``) or YAML (any other suffix) file.
+
+    ``what`` names the file in errors ("suite file"); ``expected`` says what the mapping
+    should hold. A missing file, a parse error (the parser's message carries the line) or a
+    top level that is not a mapping raises :class:`ConfigError`; an empty file is ``{}``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{what} {path} does not exist")
+    kind = "JSON" if path.suffix == ".json" else "YAML"
+    try:
+        text = path.read_text()
+        if kind == "JSON":
+            data = json.loads(text)
+        else:
+            import yaml
+
+            data = yaml.safe_load(text)
+    except Exception as exc:
+        raise ConfigError(f"{what} {path} is not valid {kind}: {exc}") from exc
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{what} {path}: expected a mapping with {expected}, got {type(data).__name__}")
+    return data
+

@@ -10,12 +10,11 @@ names have been checked against the registries.
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from longarena.config import Config, ConfigError
+from longarena.config import Config, ConfigError, read_mapping_file
 from longarena.train.loop import TrainConfig
 
 
@@ -159,22 +158,7 @@ def get_suite(name: str) -> Suite:
 def load_suite(path: str | Path) -> Suite:
     """A suite from a JSON or YAML file holding ``Suite``'s fields; unknown keys are named."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"suite file {path} does not exist")
-    text = path.read_text()
-    try:
-        if path.suffix == ".json":
-            data = json.loads(text)
-        else:
-            import yaml
-
-            data = yaml.safe_load(text)
-    except ValueError as exc:  # json.JSONDecodeError and yaml.YAMLError's parse errors
-        raise ConfigError(f"suite file {path} is not valid {path.suffix[1:].upper()}: {exc}") from exc
-    except Exception as exc:
-        raise ConfigError(f"suite file {path} could not be read: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ConfigError(f"suite file {path} must hold a mapping of Suite fields (name, description, cells, studies)")
+    data = read_mapping_file(path, "suite file", "Suite fields (name, description, cells, studies)")
     try:
         suite = Suite.from_dict(data)
     except (ConfigError, TypeError) as exc:

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from longarena import mixers, tasks
-from longarena.config import ConfigError
+from longarena.config import ConfigError, read_mapping_file
 from longarena.models.backbone import ClassifierConfig
 from longarena.train.loop import TrainConfig
 
@@ -53,22 +53,7 @@ def read_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if path.is_dir():
         path = path / "config.json"
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
-    text = path.read_text()
-    try:
-        if path.suffix == ".json":
-            data = json.loads(text)
-        else:
-            import yaml
-
-            data = yaml.safe_load(text)
-    except Exception as exc:  # the parsers' own errors carry the line and column
-        raise ConfigError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {exc}") from exc
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping with sections {', '.join(SECTIONS)}, got {type(data).__name__}")
+    data = read_mapping_file(path, "config file", f"sections {', '.join(SECTIONS)}")
     if "format_version" in data and "run" in data:
         return data["run"]
     return data
