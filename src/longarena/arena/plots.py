@@ -1,9 +1,5 @@
-"""Matplotlib helpers shared by the bench and the arena's studies.
-
-Figures are drawn on the file-only Agg backend (the arena runs on headless machines) and
-written atomically: a report folder never holds a half-written PNG, even when a run is
-killed while saving.
-"""
+"""Matplotlib helpers shared by the bench and the arena's studies (figures are drawn and
+written through :mod:`longarena.plotting`: Agg backend, atomic PNG writes)."""
 
 from __future__ import annotations
 
@@ -12,30 +8,7 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-
-def pyplot():
-    """matplotlib.pyplot on the Agg backend."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def save_png(fig, path: str | os.PathLike, *, dpi: int = 120) -> Path:
-    """Write ``fig`` to ``path`` through a temporary file and a rename; closes the figure."""
-    plt = pyplot()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        fig.savefig(tmp, dpi=dpi, format="png")
-        os.replace(tmp, path)
-    finally:
-        plt.close(fig)
-        tmp.unlink(missing_ok=True)
-    return path
+from longarena.plotting import pyplot, save_png  # noqa: F401  (re-exported for the bench and studies)
 
 
 def plain_log_ticks(axis) -> None:

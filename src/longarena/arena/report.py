@@ -23,6 +23,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from longarena.plotting import save_png
+
 MATRIX_PNG = "accuracy_matrix.png"
 CURVES_PNG = "training_loss.png"
 SCHEMA = Path(__file__).with_name("results.schema.json")
@@ -42,9 +44,7 @@ def _figure(**kwargs: Any) -> Any:
 
 
 def _save_figure(fig: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-    os.replace(tmp, path)
+    save_png(fig, path, dpi=110, bbox_inches="tight")
 
 
 def _number(value: Any) -> bool:

@@ -67,16 +67,6 @@ def write_json(data: dict[str, Any], path: str | os.PathLike) -> Path:
     return path
 
 
-def pyplot():
-    """matplotlib.pyplot on the file-only Agg backend (evals run on headless machines)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def require_file(path: str | os.PathLike, what: str, hint: str) -> Path:
     path = Path(path)
     if not path.exists():

@@ -33,7 +33,8 @@ import torch
 
 from longarena.config import Config, ConfigError
 from longarena.evals.adapter import Adapter, EvalError
-from longarena.evals.common import Progress, pyplot, tick, write_json
+from longarena.evals.common import Progress, tick, write_json
+from longarena.plotting import pyplot, save_png
 
 
 @dataclasses.dataclass
@@ -197,8 +198,4 @@ def plot_heads(result: InductionResult, path: str | os.PathLike) -> Path:
     )
     fig.colorbar(im, ax=ax, label="attention on induction target")
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_png(fig, path)

@@ -28,12 +28,12 @@ from longarena.evals.common import (
     answer_budget,
     beyond_context,
     check_policy,
-    pyplot,
     read_jsonl,
     require_file,
     tick,
     write_json,
 )
+from longarena.plotting import pyplot, save_png
 from longarena.tasks import probes
 
 
@@ -250,8 +250,4 @@ def plot_positions(result: PositionResult, path: str | os.PathLike) -> Path:
     ax.set_title(f"{result.kind}: {result.model.get('name', '')}", fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_png(fig, path)

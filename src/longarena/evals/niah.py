@@ -28,10 +28,10 @@ from longarena.evals.common import (
     answer_budget,
     beyond_context,
     check_policy,
-    pyplot,
     tick,
     write_json,
 )
+from longarena.plotting import pyplot, save_png
 from longarena.tasks import probes
 
 KINDS = ("needle", "passkey", "multikey", "multivalue")
@@ -196,13 +196,7 @@ def _fmt_len(n: int) -> str:
 
 def plot_heatmap(result: GridResult, path: str | os.PathLike, trained_length: int | None = None) -> Path:
     """Depth (y) x length (x) heatmap of the mean score, colours fixed to 0-1, written to ``path``."""
-    plt = pyplot()
-    fig = heatmap_figure(result, trained_length)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_png(heatmap_figure(result, trained_length), path)
 
 
 def heatmap_figure(result: GridResult, trained_length: int | None = None):

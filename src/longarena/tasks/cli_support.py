@@ -106,11 +106,9 @@ def show(name: str, out_dir: str | Path, n: int = 8, split: str = "train", **con
 
 
 def _write_images(task: Task, examples: list[dict], out: Path, title: str) -> list[Path]:
-    import matplotlib
+    from longarena.plotting import pyplot, save_png
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     side = int(round(task.seq_len**0.5))
     written = []
     images = [ex["input_ids"].numpy().astype(np.uint8).reshape(side, side) for ex in examples]
@@ -128,10 +126,7 @@ def _write_images(task: Task, examples: list[dict], out: Path, title: str) -> li
         ax.set_title(f"label {int(ex['label'])}")
     fig.suptitle(f"{task.registry_name} ({side}×{side})")
     fig.tight_layout()
-    path = out / "grid.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    written.append(path)
+    written.append(save_png(fig, out / "grid.png", dpi=100))
     return written
 
 
