@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from longarena import mixers
+from longarena.atomic import write_text
 from longarena.config import Config, ConfigError
 
 MODES = ("fwd", "fwd_bwd", "step")
@@ -525,10 +526,10 @@ class BenchReport:
         }
 
     def write_json(self, path: str | os.PathLike) -> Path:
-        return _atomic_write(Path(path), json.dumps(self.to_dict(), indent=2, allow_nan=False, default=_json_default))
+        return write_text(Path(path), json.dumps(self.to_dict(), indent=2, allow_nan=False, default=_json_default))
 
     def write_markdown(self, path: str | os.PathLike) -> Path:
-        return _atomic_write(Path(path), self.markdown() + "\n")
+        return write_text(Path(path), self.markdown() + "\n")
 
     def table_rows(self) -> tuple[list[str], list[list[str]]]:
         base = self.config.baseline
@@ -573,15 +574,6 @@ class BenchReport:
                                        title=f"{name} vs length ({where})" + oom_note, dashed=peers,
                                        marks=marks))
         return paths
-
-
-def _atomic_write(path: Path, text: str) -> Path:
-    """Write through a temporary file and a rename: a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    return path
 
 
 def _json_default(value: Any) -> Any:

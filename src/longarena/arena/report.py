@@ -23,17 +23,12 @@ import re
 from pathlib import Path
 from typing import Any
 
+from longarena.atomic import write_text
 from longarena.plotting import save_png
 
 MATRIX_PNG = "accuracy_matrix.png"
 CURVES_PNG = "training_loss.png"
 SCHEMA = Path(__file__).with_name("results.schema.json")
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _figure(**kwargs: Any) -> Any:
@@ -396,7 +391,7 @@ def write_report(payload: dict[str, Any], out_dir: str | os.PathLike) -> dict[st
     out.mkdir(parents=True, exist_ok=True)
     files = {"results": out / "results.json"}
     payload = plain(payload)
-    _write_text(files["results"], json.dumps(payload, indent=2, allow_nan=False))
+    write_text(files["results"], json.dumps(payload, indent=2, allow_nan=False))
     matrix = plot_accuracy_matrix(payload, out / MATRIX_PNG)
     if matrix:
         files["matrix"] = out / MATRIX_PNG
@@ -406,8 +401,8 @@ def write_report(payload: dict[str, Any], out_dir: str | os.PathLike) -> dict[st
     markdown = render_markdown(payload, matrix=matrix, curves=curves)
     files["markdown"] = out / "report.md"
     files["html"] = out / "report.html"
-    _write_text(files["markdown"], markdown)
-    _write_text(files["html"], render_html(markdown, out, f"LongArena — {payload['suite']['name']}"))
+    write_text(files["markdown"], markdown)
+    write_text(files["html"], render_html(markdown, out, f"LongArena — {payload['suite']['name']}"))
     return files
 
 

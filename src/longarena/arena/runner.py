@@ -33,6 +33,7 @@ import longarena
 from longarena import mixers, models, tasks
 from longarena.arena import studies
 from longarena.arena.suites import Cell, StudySpec, Suite
+from longarena.atomic import write_text
 from longarena.config import ConfigError
 from longarena.models.backbone import ModelConfig
 from longarena.train.loop import model_for_task, train
@@ -242,13 +243,6 @@ def run_cell(cell: Cell, mixer: str, *, progress: bool = False, task: Any = None
                           f"{type(exc).__name__}: {exc}", cpu_seconds=time.process_time() - cpu_start, task_kind=task.kind)
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _read_json(path: Path) -> dict[str, Any] | None:
     """A cached file's content, or None when it is missing or unreadable (it is then re-run)."""
     try:
@@ -326,7 +320,7 @@ def run_suite(
     plan = _select(suite, only)
     if out is not None:
         check_run_folder(out, fresh=fresh)
-        _atomic_write(out / MANIFEST, json.dumps({"format_version": FORMAT_VERSION, "library_version": longarena.__version__}))
+        write_text(out / MANIFEST, json.dumps({"format_version": FORMAT_VERSION, "library_version": longarena.__version__}))
     threads = torch.get_num_threads()
     if suite.threads is not None:
         torch.set_num_threads(suite.threads)
@@ -355,7 +349,7 @@ def _run(suite: Suite, plan: list, out: Path | None, *, only: list[str] | None, 
                 result = run_cell(cell, name, progress=progress, task=task)
                 result.key = key
                 if path is not None and result.error is None:
-                    _atomic_write(path, json.dumps({"format_version": FORMAT_VERSION, "key": key,
+                    write_text(path, json.dumps({"format_version": FORMAT_VERSION, "key": key,
                                                     "cell": cell.to_dict(), "result": dataclasses.asdict(result)}))
             result.cell, result.key = index, key
             cells.append(result)
@@ -409,7 +403,7 @@ def _run_study(spec: StudySpec, out: Path | None, *, fresh: bool, progress: bool
         from longarena.arena.report import plain
 
         # plain(): study data may hold numpy values, which json cannot write
-        _atomic_write(out / folder / "result.json", json.dumps(plain({"format_version": FORMAT_VERSION, "key": key,
+        write_text(out / folder / "result.json", json.dumps(plain({"format_version": FORMAT_VERSION, "key": key,
                                                                      "spec": spec.to_dict(),
                                                                      "result": dataclasses.asdict(result)})))
     status = f"error {result.error}" if result.error else "done"

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from longarena.atomic import write_text
 from longarena.evals.adapter import Adapter, EvalError
 
 #: progress(done, total, message) -- the CLI passes a rich progress bar's update here
@@ -59,12 +60,7 @@ def clean(value: Any) -> Any:
 
 
 def write_json(data: dict[str, Any], path: str | os.PathLike) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(clean(data), indent=2, ensure_ascii=False))
-    os.replace(tmp, path)
-    return path
+    return write_text(path, json.dumps(clean(data), indent=2, ensure_ascii=False))
 
 
 def require_file(path: str | os.PathLike, what: str, hint: str) -> Path:

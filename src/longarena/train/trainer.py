@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 import longarena
 from longarena import models
+from longarena.atomic import write_text
 from longarena.config import ConfigError
 from longarena.tasks.base import Task
 from longarena.train import checkpoint
@@ -150,14 +151,14 @@ class RunFolder:
         if not self.main:
             return
         self.path.mkdir(parents=True, exist_ok=True)
-        _atomic_text(self.path / CONFIG_FILE, json.dumps(meta, indent=2))
+        write_text(self.path / CONFIG_FILE, json.dumps(meta, indent=2))
         metrics = self.path / METRICS_FILE
         if resume_step is not None and metrics.exists():
             # lines written after the checkpoint by the killed run are replayed by this one, and
             # a finished run resumed to train longer gets a new final line
             records = [(line, json.loads(line)) for line in metrics.read_text().splitlines() if line.strip()]
             kept = [line for line, r in records if r.get("step", 0) <= resume_step and not r.get("final")]
-            _atomic_text(metrics, "".join(line + "\n" for line in kept))
+            write_text(metrics, "".join(line + "\n" for line in kept))
         elif resume_step is None and metrics.exists():
             metrics.unlink()
         self._metrics = metrics.open("a")
@@ -180,7 +181,7 @@ class RunFolder:
         tmp = self.path / f".{WEIGHTS_FILE}.tmp"
         save_file(checkpoint.tensors_for_saving(model.state_dict()), str(tmp))
         os.replace(tmp, self.path / WEIGHTS_FILE)
-        _atomic_text(self.path / RESULTS_FILE, json.dumps(results, indent=2))
+        write_text(self.path / RESULTS_FILE, json.dumps(results, indent=2))
 
     def close(self) -> None:
         if self._metrics is not None:
@@ -210,12 +211,6 @@ def _get(tree: dict[str, Any], dotted: str) -> Any:
             return None
         node = node[part]
     return node
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _registry_name(model: nn.Module) -> str | None:
@@ -270,7 +265,6 @@ def fit(
             f"each micro-batch ({config.batch_size} examples / grad_accum {config.grad_accum} = {micro}) must split "
             f"evenly over the {world} processes; choose a batch_size divisible by {config.grad_accum * world}"
         )
-    local = micro // world
     # rank 0 generates (and caches) the splits first; the others then read them, instead of
     # every process generating the same seeded data at once. Validation is read now, not
     # after the whole run, so a missing file fails before training.
