@@ -302,6 +302,16 @@ def _key_word(rng: random.Random) -> str:
     return f"{rng.choice(_KEY_ADJ)}-{rng.choice(_KEY_NOUN)}-{rng.randrange(100, 1000)}"
 
 
+def _distinct_keys(rng: random.Random, n: int) -> list[str]:
+    """``n`` different key words, drawn until no repeat."""
+    keys: list[str] = []
+    while len(keys) < n:
+        k = _key_word(rng)
+        if k not in keys:
+            keys.append(k)
+    return keys
+
+
 # --- probes ------------------------------------------------------------------------------------------
 def make_passkey(length_tokens_approx: int, depth: float, seed: int = 0, tokenizer: Any = None) -> Probe:
     """A pass key hidden at ``depth`` in repeated filler, in about ``length_tokens_approx`` tokens."""
@@ -373,11 +383,7 @@ def make_multikey(
     if num_keys < 1:
         raise ConfigError(f"num_keys must be >= 1, got {num_keys}")
     rng = random.Random(f"multikey/{seed}")
-    keys: list[str] = []
-    while len(keys) < num_keys:
-        k = _key_word(rng)
-        if k not in keys:
-            keys.append(k)
+    keys = _distinct_keys(rng, num_keys)
     values = [_digits(rng, 7) for _ in keys]
     inserts = [(depth, _needle_sentence(keys[0], values[0]))]
     inserts += [(rng.random(), _needle_sentence(k, v)) for k, v in zip(keys[1:], values[1:])]
@@ -408,11 +414,7 @@ def make_multiquery(
     if num_queries < 1:
         raise ConfigError(f"num_queries must be >= 1, got {num_queries}")
     rng = random.Random(f"multiquery/{seed}")
-    keys: list[str] = []
-    while len(keys) < num_queries:
-        k = _key_word(rng)
-        if k not in keys:
-            keys.append(k)
+    keys = _distinct_keys(rng, num_queries)
     values = [_digits(rng, 7) for _ in keys]
     depths = [depth] + [rng.random() for _ in keys[1:]]
     inserts = [(d, _needle_sentence(k, v)) for d, k, v in zip(depths, keys, values)]
