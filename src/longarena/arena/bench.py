@@ -526,10 +526,10 @@ class BenchReport:
         }
 
     def write_json(self, path: str | os.PathLike) -> Path:
-        return write_text(Path(path), json.dumps(self.to_dict(), indent=2, allow_nan=False, default=_json_default))
+        return write_text(path, json.dumps(self.to_dict(), indent=2, allow_nan=False, default=_json_default))
 
     def write_markdown(self, path: str | os.PathLike) -> Path:
-        return write_text(Path(path), self.markdown() + "\n")
+        return write_text(path, self.markdown() + "\n")
 
     def table_rows(self) -> tuple[list[str], list[list[str]]]:
         base = self.config.baseline

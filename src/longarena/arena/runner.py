@@ -350,7 +350,7 @@ def _run(suite: Suite, plan: list, out: Path | None, *, only: list[str] | None, 
                 result.key = key
                 if path is not None and result.error is None:
                     write_text(path, json.dumps({"format_version": FORMAT_VERSION, "key": key,
-                                                    "cell": cell.to_dict(), "result": dataclasses.asdict(result)}))
+                                                 "cell": cell.to_dict(), "result": dataclasses.asdict(result)}))
             result.cell, result.key = index, key
             cells.append(result)
             status = f"acc {result.accuracy:.3f}" if result.error is None else f"error {result.error}"
@@ -404,8 +404,8 @@ def _run_study(spec: StudySpec, out: Path | None, *, fresh: bool, progress: bool
 
         # plain(): study data may hold numpy values, which json cannot write
         write_text(out / folder / "result.json", json.dumps(plain({"format_version": FORMAT_VERSION, "key": key,
-                                                                     "spec": spec.to_dict(),
-                                                                     "result": dataclasses.asdict(result)})))
+                                                                 "spec": spec.to_dict(),
+                                                                 "result": dataclasses.asdict(result)})))
     status = f"error {result.error}" if result.error else "done"
     say(f"  study {spec.kind:<22} {status} ({result.seconds:.1f}s)")
     return StudyRecord(spec, result, folder, key)
