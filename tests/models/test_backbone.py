@@ -156,3 +156,34 @@ def test_bad_model_configs_and_inputs_are_explained(monkeypatch):
     state = model(torch.randint(0, 32, (2, 4))).state
     with pytest.raises(mixers.MixerInputError, match="batch size 2"):
         model(torch.randint(0, 32, (3, 4)), state=state)
+
+
+def test_last_pooling_reads_each_rows_last_real_token():
+    """'last' pooling = the encoder state at the highest unmasked position of each row, for
+    right padding, left padding and no mask; checked against running each row unpadded."""
+    torch.manual_seed(0)
+    model = models.get("classifier", vocab_size=8, d_model=16, n_layers=1, num_classes=3, pooling="last",
+                       mixer={"attention": {"n_heads": 2, "causal": False}}).eval()
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(1, 8, (3, 9), generator=g)
+    lengths = [9, 5, 2]
+    right = torch.zeros(3, 9, dtype=torch.bool)
+    left = torch.zeros(3, 9, dtype=torch.bool)
+    for i, n in enumerate(lengths):
+        right[i, :n] = True
+        left[i, 9 - n:] = True
+    with torch.no_grad():
+        alone = torch.cat([model(ids[i : i + 1, :n]).logits for i, n in enumerate(lengths)])
+        padded_right = model(ids, attention_mask=right).logits
+        shifted = torch.stack([torch.roll(ids[i], 9 - n) for i, n in enumerate(lengths)])
+        padded_left = model(shifted, attention_mask=left).logits
+        unmasked = model(ids).logits
+        h, _ = model.encoder.backbone(model.encoder.embed(ids))
+    torch.testing.assert_close(padded_right, alone, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(padded_left, alone, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(unmasked, model.head(h[:, -1]))
+
+
+def test_unknown_pooling_is_refused_naming_the_choices():
+    with pytest.raises(ConfigError, match="'mean', 'first', 'last'"):
+        models.get("classifier", vocab_size=8, d_model=16, n_layers=1, pooling="max")

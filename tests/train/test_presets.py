@@ -31,25 +31,31 @@ def test_presets_build_within_the_task_budget(task):
     counts = {f: _parameters(f"lra/{task}/{f}") for f in FAMILIES}
     over = {f: n for f, n in counts.items() if n > presets.BUDGETS[task]}
     assert not over, f"over the {presets.BUDGETS[task]:,} budget of {task}: {over}"
-    # a budget is a ceiling, not a target, but no preset is trivially small beside it
-    assert min(counts.values()) > 0.15 * presets.BUDGETS[task]
+    # a budget is a ceiling, not a target, but no preset is trivially small beside it (S4's
+    # published ListOps model, 8 x 128, is a quarter of the others: it keeps the paper's shape)
+    own = [n for f, n in counts.items() if not (f == "s4" and task in presets.S4_PAPER)]
+    assert min(own) > 0.15 * presets.BUDGETS[task]
 
 
 def test_s4_presets_follow_the_published_configs():
-    # state-spaces/s4 configs/experiment/lra/s4-listops.yaml: 6 layers x 256, d_state 4,
-    # lr 0.01, batch 32, weight decay 0.05, dropout 0, 40 epochs of 96k examples, warmup 12k
+    # state-spaces/s4 configs/experiment/lra/s4-lra-listops.yaml: 8 layers x 128, d_state 64,
+    # lr 0.01, batch 50, weight decay 0.05, dropout 0, 40 epochs of 96k examples, mean pooling;
+    # warm-up from configs/scheduler/cosine_warmup.yaml (1000 steps)
     listops = presets.get("lra/listops/s4")
-    assert (listops["model"]["n_layers"], listops["model"]["d_model"], listops["model"]["dropout"]) == (6, 256, 0.0)
-    assert listops["model"]["mixer"]["s4"]["d_state"] == 4 and listops["model"]["mixer"]["s4"]["causal"] is False
+    m = listops["model"]
+    assert (m["n_layers"], m["d_model"], m["dropout"], m["pooling"]) == (8, 128, 0.0, "mean")
+    assert m["mixer"]["s4"]["d_state"] == 64 and m["mixer"]["s4"]["causal"] is False
     t = listops["train"]
-    assert (t["lr"], t["batch_size"], t["weight_decay"], t["steps"], t["warmup"]) == (0.01, 32, 0.05, 40 * 96_000 // 32, 12_000)
-    # s4-pathfinder.yaml: 6 layers x 256, d_state 64, lr 0.004, batch 64, weight decay 0.05,
-    # dropout 0, 200 epochs of 160k examples, warmup 50k
+    assert (t["lr"], t["batch_size"], t["weight_decay"], t["steps"], t["warmup"]) == (0.01, 50, 0.05, 40 * 96_000 // 50, 1000)
+    # s4-lra-pathfinder.yaml: 6 layers x 256, d_state 64, lr 0.004, batch 64, weight decay 0.03,
+    # dropout 0, 200 epochs of 160k examples, warm-up 2500 steps, read-out at the last position
     path = presets.get("lra/pathfinder32/s4")
-    assert (path["model"]["n_layers"], path["model"]["d_model"], path["model"]["dropout"]) == (6, 256, 0.0)
-    assert path["model"]["mixer"]["s4"]["d_state"] == 64
+    m = path["model"]
+    assert (m["n_layers"], m["d_model"], m["dropout"], m["pooling"]) == (6, 256, 0.0, "last")
+    assert m["mixer"]["s4"]["d_state"] == 64
     t = path["train"]
-    assert (t["lr"], t["batch_size"], t["weight_decay"], t["steps"], t["warmup"]) == (0.004, 64, 0.05, 200 * 160_000 // 64, 50_000)
+    assert (t["lr"], t["batch_size"], t["weight_decay"], t["steps"], t["warmup"]) == (0.004, 64, 0.03, 200 * 160_000 // 64, 2500)
+    assert listops["train"]["ssm_lr"] == path["train"]["ssm_lr"] == 0.001
 
 
 def test_unknown_preset_lists_its_neighbours_and_aliases_work():

@@ -242,18 +242,23 @@ class LanguageModel(nn.Module):
         return self.backbone.state_size(seq_len)
 
 
+POOLINGS = ("mean", "first", "last")
+
+
 @dataclasses.dataclass
 class ClassifierConfig(ModelConfig):
     num_classes: int = 2
-    #: "mean" over real tokens, or "first" (a CLS-style first token)
+    #: "mean" over real tokens, "first" (a CLS-style first token) or "last" (the last real
+    #: token: with a two-sided mixer its forward half has read the whole sequence; S4's
+    #: published Pathfinder models read out this way)
     pooling: str = "mean"
 
     def validate(self) -> None:
         super().validate()
         if self.num_classes < 2:
             raise ConfigError(f"num_classes must be >= 2, got {self.num_classes}")
-        if self.pooling not in ("mean", "first"):
-            raise ConfigError(f"pooling must be 'mean' or 'first', got {self.pooling!r}")
+        if self.pooling not in POOLINGS:
+            raise ConfigError(f"pooling must be one of {', '.join(map(repr, POOLINGS))}, got {self.pooling!r}")
 
 
 class _Encoder(nn.Module):
@@ -270,6 +275,12 @@ class _Encoder(nn.Module):
         h, _ = self.backbone(self.embed(input_ids), mask=attention_mask)
         if self.config.pooling == "first":
             return h[:, 0]
+        if self.config.pooling == "last":
+            if attention_mask is None:
+                return h[:, -1]
+            # the highest real position of each row, wherever the padding sits: (B,)
+            positions = torch.arange(1, h.shape[1] + 1, device=h.device) * attention_mask.to(torch.long)
+            return h[torch.arange(h.shape[0], device=h.device), positions.argmax(dim=1)]
         if attention_mask is None:
             return h.mean(dim=1)
         m = attention_mask[..., None].to(h.dtype)
@@ -278,7 +289,7 @@ class _Encoder(nn.Module):
 
 @register("classifier")
 class SequenceClassifier(nn.Module):
-    """Sequence classifier: backbone, mean or first-token pooling, linear head."""
+    """Sequence classifier: backbone, mean, first- or last-token pooling, linear head."""
 
     config_class = ClassifierConfig
 
