@@ -13,6 +13,11 @@ A checkpoint is a folder:
 Nothing is pickled. A checkpoint is written to a temporary folder that is renamed into
 place, so a run killed mid-save keeps its previous checkpoint. The newest is
 ``checkpoint/``; older ones kept are ``checkpoint-<step>/``.
+
+A run sharded with FSDP writes the same files: its model and optimizer states are
+gathered into full (unsharded) state dicts first (``gather_sharded``), and its optimizer
+state is keyed by parameter index like any other, so a checkpoint does not record how
+the run was distributed and resumes under FSDP, DDP or one process alike.
 """
 
 from __future__ import annotations
@@ -178,3 +183,55 @@ def load(path: Path, rank: int = 0) -> dict[str, Any]:
         "rng": {"python": rngs[r]["python"], "numpy": rngs[r]["numpy"], "torch": rng_tensors[f"rank{r}/torch"], "cuda": cuda},
         "position": position,
     }
+
+
+def optimizer_state_by_index(state: dict[str, Any]) -> dict[str, Any]:
+    """A state dict keyed by parameter name (``torch.distributed.checkpoint``'s layout) in
+    ``torch.optim.Optimizer.state_dict``'s layout: parameters numbered in group order."""
+    index = {name: i for i, name in enumerate(n for g in state["param_groups"] for n in g["params"])}
+    return {
+        "state": {index[name]: entry for name, entry in state["state"].items()},
+        "param_groups": [{**g, "params": [index[n] for n in g["params"]]} for g in state["param_groups"]],
+    }
+
+
+def optimizer_state_by_name(state: dict[str, Any], names: list[str]) -> dict[str, Any]:
+    """The inverse of ``optimizer_state_by_index``: ``names[i]`` is parameter ``i``'s name."""
+    count = sum(len(g["params"]) for g in state["param_groups"])
+    if count != len(names):
+        raise ResumeError(f"the checkpoint's optimizer holds {count} parameters, the model {len(names)}")
+    return {
+        "state": {names[int(i)]: entry for i, entry in state["state"].items()},
+        "param_groups": [{**g, "params": [names[int(i)] for i in g["params"]]} for g in state["param_groups"]],
+    }
+
+
+def _full_options(**kwargs: Any):
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(full_state_dict=True, **kwargs)
+
+
+def gather_sharded(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Full model and optimizer state dicts of an FSDP-sharded model, on the CPU of rank 0.
+
+    A collective: every process must call it. Rank 0 gets the states (optimizer keyed by
+    parameter index, as ``save`` expects); the other ranks get empty ones.
+    """
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+
+    options = _full_options(cpu_offload=True)
+    model_state = get_model_state_dict(model, options=options)
+    optimizer_state = get_optimizer_state_dict(model, optimizer, options=options)
+    if not optimizer_state:  # not rank 0
+        return {}, {}
+    return model_state, optimizer_state_by_index(optimizer_state)
+
+
+def load_sharded_optimizer(model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any], names: list[str]) -> None:
+    """Load a full optimizer state (``load``'s, keyed by index) into the optimizer of an
+    FSDP-sharded ``model``; each process keeps its own shard. ``names`` are the parameter
+    names in the optimizer's order."""
+    from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
+
+    set_optimizer_state_dict(model, optimizer, optimizer_state_by_name(state, names), options=_full_options())

@@ -22,6 +22,7 @@ from longarena.tasks.base import IGNORE, Task
 
 PRECISIONS = ("fp32", "bf16")
 DEVICES = ("auto", "cpu", "cuda")
+DISTRIBUTED = ("ddp", "fsdp")
 
 
 @dataclasses.dataclass
@@ -60,6 +61,10 @@ class TrainConfig(Config):
     log_every: int = 1
     checkpoint_every: int = 500
     keep_checkpoints: int = 1
+    #: how several processes share the model: "ddp" replicates it, "fsdp" shards each
+    #: backbone block's parameters, gradients and AdamW state over the processes (FSDP2);
+    #: with one process both are a plain run
+    distributed: str = "ddp"
 
     def validate(self) -> None:
         if self.steps < 0 or self.batch_size <= 0 or self.lr <= 0:
@@ -68,6 +73,8 @@ class TrainConfig(Config):
             raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}")
         if self.device not in DEVICES:
             raise ConfigError(f"device must be one of {', '.join(DEVICES)}; got {self.device!r}")
+        if self.distributed not in DISTRIBUTED:
+            raise ConfigError(f"distributed must be one of {', '.join(DISTRIBUTED)}; got {self.distributed!r}")
         if self.grad_accum < 1 or self.batch_size % self.grad_accum:
             raise ConfigError(
                 f"grad_accum must be >= 1 and divide batch_size (the examples per step); "

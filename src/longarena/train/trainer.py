@@ -22,6 +22,7 @@ import json
 import math
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ import longarena
 from longarena import models
 from longarena.atomic import write_text
 from longarena.config import ConfigError
+from longarena.models.backbone import Block
 from longarena.tasks.base import Task
 from longarena.train import checkpoint
 from longarena.train.checkpoint import ResumeError
@@ -45,16 +47,53 @@ RESULTS_FILE = "results.json"
 WEIGHTS_FILE = "model.safetensors"
 
 
+def uses_fsdp(config: TrainConfig) -> bool:
+    """Whether a run of several processes shards the model: ``train.distributed: fsdp``, or
+    a launcher that asked for FSDP (``accelerate launch --use_fsdp``)."""
+    return config.distributed == "fsdp" or os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+
+
+def fsdp_plugin(config: TrainConfig):
+    """accelerate's FSDP2 plugin for the trainer: every backbone ``Block`` is its own shard
+    group (its parameters are gathered just before its forward and backward and freed
+    after), the rest (embeddings, final norm, head) is the root group.
+
+    Every option is set here, so the ``FSDP_*`` variables of ``accelerate launch
+    --use_fsdp`` change nothing. With bf16 the parameters are gathered and used in bf16
+    while gradients are reduced, and weights and AdamW state kept, in fp32; the forward
+    also runs under bf16 autocast as in the other modes (``fit``), which keeps fp32 buffers
+    and fp32-only operations working.
+    """
+    from accelerate import FullyShardedDataParallelPlugin
+    from torch.distributed.fsdp import MixedPrecisionPolicy
+
+    policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if config.precision == "bf16" else MixedPrecisionPolicy()
+    return FullyShardedDataParallelPlugin(
+        fsdp_version=2,
+        auto_wrap_policy="transformer_based_wrap",
+        transformer_cls_names_to_wrap=[Block.__name__],
+        reshard_after_forward=True,
+        mixed_precision_policy=policy,
+        cpu_offload=False,
+        activation_checkpointing=False,
+        activation_checkpointing_offload=False,
+        cpu_ram_efficient_loading=False,
+        state_dict_type="FULL_STATE_DICT",
+    )
+
+
 def make_accelerator(config: TrainConfig):
-    """An ``Accelerator`` for ``config``'s device and precision.
+    """An ``Accelerator`` for ``config``'s device, precision and (several processes) DDP or FSDP.
 
     accelerate keeps its state in process-wide singletons that refuse a second, different
     setting; the arena trains many models in one process, some in fp32 and some in bf16,
     so a single-process state of another precision or device is reset first. Under
     ``accelerate launch`` the process group is kept and only the precision may change.
+    With one process FSDP has nothing to shard over and the run is a plain one.
     """
     from accelerate import Accelerator, DistributedDataParallelKwargs
     from accelerate.state import AcceleratorState, PartialState
+    from accelerate.utils import DistributedType
 
     if config.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("train.device is 'cuda' but no CUDA GPU is visible; use 'auto' or 'cpu'")
@@ -68,13 +107,32 @@ def make_accelerator(config: TrainConfig):
         on_cpu = getattr(partial.get("device"), "type", "cpu") == "cpu"
         if on_cpu != cpu:
             AcceleratorState._reset_state(reset_partial_state=True)
+    plugin = fsdp_plugin(config) if distributed and uses_fsdp(config) else None
     shared = AcceleratorState._shared_state
-    if shared and shared.get("_mixed_precision") != mixed:
+    # a plugin lives in the state too: a new one, or none after an FSDP run, needs a fresh state
+    was_fsdp = shared.get("distributed_type") == DistributedType.FSDP
+    if shared and (shared.get("_mixed_precision") != mixed or plugin is not None or was_fsdp):
         AcceleratorState._reset_state()
+    if was_fsdp:
+        # accelerate writes FSDP into the process state too; the next run starts from the
+        # process group's own type
+        PartialState._shared_state["distributed_type"] = DistributedType.MULTI_CPU if cpu else DistributedType.MULTI_GPU
     # some mixers leave parameters out of a given forward (a variant's unused projection);
     # DDP then waits forever for their gradients unless told to look for them
     ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
-    return Accelerator(mixed_precision=mixed, cpu=cpu, kwargs_handlers=[ddp])
+    launcher_fsdp = os.environ.get("ACCELERATE_USE_FSDP")
+    # accelerate turns FSDP on only for GPU process groups; FSDP2 also runs on CPU processes
+    # over gloo, so there the plugin is attached to the state by hand (tests, debugging)
+    acc = Accelerator(mixed_precision=mixed, cpu=cpu, kwargs_handlers=[ddp], fsdp_plugin=None if cpu else plugin)
+    if plugin is not None and not acc.is_fsdp2:
+        # both states, as accelerate does: a later AcceleratorState() copies the process state
+        acc.state.fsdp_plugin = plugin
+        acc.state.distributed_type = PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+    # accelerate records a given plugin in the environment, which would make every later run
+    # of this process FSDP; only the launcher's own setting is kept
+    if launcher_fsdp is None:
+        os.environ.pop("ACCELERATE_USE_FSDP", None)
+    return acc
 
 
 def epoch_batches(n: int, batch_size: int, seed: int, epoch: int) -> Tensor:
@@ -175,11 +233,12 @@ class RunFolder:
                 if key != "step" and isinstance(value, (int, float)):
                     self._tb.add_scalar(key, value, record["step"])
 
-    def finish(self, model: nn.Module, results: dict[str, Any]) -> None:
+    def finish(self, weights: dict[str, Tensor], results: dict[str, Any]) -> None:
+        """Write the final weights (the model's full state dict) and results."""
         if not self.main:
             return
         tmp = self.path / f".{WEIGHTS_FILE}.tmp"
-        save_file(checkpoint.tensors_for_saving(model.state_dict()), str(tmp))
+        save_file(checkpoint.tensors_for_saving(weights), str(tmp))
         os.replace(tmp, self.path / WEIGHTS_FILE)
         write_text(self.path / RESULTS_FILE, json.dumps(results, indent=2))
 
@@ -259,6 +318,7 @@ def fit(
     """
     acc = make_accelerator(config)
     rank, world = acc.process_index, acc.num_processes
+    sharded = acc.is_fsdp2
     micro = config.batch_size // config.grad_accum
     if micro % world:
         raise ConfigError(
@@ -289,14 +349,16 @@ def fit(
     if state is not None:
         model.load_state_dict(state["model"])
     groups = param_groups(model, config.weight_decay, (config.ssm_lr or config.lr) / config.lr)
+    settings = [{"weight_decay": g["weight_decay"], "lr_scale": g["lr_scale"], "betas": tuple(config.betas)} for g in groups]
     optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=tuple(config.betas))
+    # the optimizer's parameters by name, in its order: FSDP replaces the parameter objects
+    names = {id(p): n for n, p in model.named_parameters()}
+    param_names = [names[id(p)] for g in optimizer.param_groups for p in g["params"]]
     if state is not None:
         if len(state["optimizer"]["param_groups"]) != len(optimizer.param_groups):
             raise ResumeError(f"{ckpt_path}: the optimizer has {len(optimizer.param_groups)} parameter groups, the checkpoint {len(state['optimizer']['param_groups'])}")
-        optimizer.load_state_dict(state["optimizer"])
-        # the current config, not the saved groups, sets decay, betas and lr scales
-        for group, fresh in zip(optimizer.param_groups, groups):
-            group.update(weight_decay=fresh["weight_decay"], lr_scale=fresh["lr_scale"], betas=tuple(config.betas))
+        if not sharded:  # FSDP loads it into the shards, once the model is sharded
+            _load_optimizer_state(optimizer, state["optimizer"], settings)
         checkpoint.set_rng_state(state["rng"])
         position = state["position"]
         step, epoch, batch_index = int(position["step"]), int(position["epoch"]), int(position["batch"])
@@ -310,8 +372,25 @@ def fit(
         run.start(_meta(model, run_config), step if resume else None)
         if acc.is_main_process:
             checkpoint.clean_partial(run.path)
+    if sharded and not any(isinstance(m, Block) for m in model.modules()):
+        # a model without backbone blocks (a user's own) is sharded as one group
+        acc.state.fsdp_plugin.transformer_cls_names_to_wrap = []
+    # FSDP2 needs the model and its optimizer prepared together: accelerate shards the model
+    # and swaps the optimizer's parameters for the shards
     model, optimizer = acc.prepare(model, optimizer)
     raw_model = acc.unwrap_model(model)
+    if sharded:
+        # FSDP2 warns of every module output that is a view (a linear layer's 3-D output is
+        # one); the warning is about in-place edits of such outputs, which nothing here makes
+        warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
+        if state is not None:
+            checkpoint.load_sharded_optimizer(model, optimizer.optimizer, state["optimizer"], param_names)
+            _apply_settings(optimizer, settings)
+        if config.precision == "bf16":
+            _autocast_forward(model, acc)
+    # under FSDP every forward gathers parameters from all processes, so each process must
+    # run every evaluation batch; with DDP they share the batches
+    eval_acc = _EveryBatch(acc.device) if sharded else acc
 
     history: list[dict[str, Any]] = []
     start_time = time.perf_counter()
@@ -347,30 +426,31 @@ def fit(
             }
             evaluated = config.eval_every and step % config.eval_every == 0 and step < config.steps
             if evaluated:
-                metrics = evaluate(raw_model, task, batch_size=config.eval_batch_size, max_batches=config.eval_batches, accelerator=acc)
+                metrics = evaluate(raw_model, task, batch_size=config.eval_batch_size, max_batches=config.eval_batches, accelerator=eval_acc)
                 record.update({f"val_{k}": v for k, v in metrics.items()})
             history.append(record)
             if run is not None and (evaluated or step % config.log_every == 0):
                 run.log(record)
             if run is not None and config.checkpoint_every and step % config.checkpoint_every == 0 and step < config.steps:
-                _save_checkpoint(acc, run, raw_model, optimizer, config, step, epoch, batch_index)
+                _save_checkpoint(acc, run, model, optimizer, config, step, epoch, batch_index)
             if bar:
                 bar.update(bar_task, advance=1, description=f"{description} loss {loss_value:.3f}")
             last = time.perf_counter()  # evaluation and checkpoints are not the step's time
         if bar:
             bar.stop()
             bar = None
-        final = evaluate(raw_model, task, batch_size=config.eval_batch_size, max_batches=config.eval_batches, accelerator=acc)
+        final = evaluate(raw_model, task, batch_size=config.eval_batch_size, max_batches=config.eval_batches, accelerator=eval_acc)
         if config.test_batches != 0:
-            test = evaluate(raw_model, task, "test", batch_size=config.eval_batch_size, max_batches=config.test_batches, accelerator=acc)
+            test = evaluate(raw_model, task, "test", batch_size=config.eval_batch_size, max_batches=config.test_batches, accelerator=eval_acc)
             final.update({f"test_{k}": v for k, v in test.items()})
         seconds = time.perf_counter() - start_time
         params = sum(p.numel() for p in raw_model.parameters())
         if run is not None:
-            _save_checkpoint(acc, run, raw_model, optimizer, config, step, epoch, batch_index)
+            weights = _save_checkpoint(acc, run, model, optimizer, config, step, epoch, batch_index)
             scores = {k if k.startswith("test_") else f"val_{k}": v for k, v in final.items()}
             run.log({"step": step, "final": True, **scores})
-            run.finish(raw_model, {"step": step, "parameters": params, "seconds": seconds, **scores})
+            layout = {"processes": world, "distributed": "fsdp" if sharded else "ddp" if world > 1 else "single"}
+            run.finish(weights, {"step": step, "parameters": params, "seconds": seconds, **layout, **scores})
             acc.wait_for_everyone()
     finally:
         batches.close()  # stops the prefetch thread if the run ends early
@@ -444,20 +524,65 @@ def _prefetched(items, *, enabled: bool):
             yield item
 
 
-def _save_checkpoint(acc, run: RunFolder, model: nn.Module, optimizer, config: TrainConfig, step: int, epoch: int, batch_index: int) -> None:
+def _save_checkpoint(acc, run: RunFolder, model: nn.Module, optimizer, config: TrainConfig, step: int, epoch: int, batch_index: int) -> dict[str, Tensor]:
+    """Write a checkpoint from the main process; returns the model's full state dict there
+    (empty elsewhere). ``model`` is the prepared model: under FSDP its shards are gathered
+    from every process first."""
     from accelerate.utils import gather_object
 
     rngs = gather_object([checkpoint.rng_state()]) if acc.num_processes > 1 else [checkpoint.rng_state()]
+    model_state: dict[str, Tensor] = {}
+    if acc.is_fsdp2:
+        model_state, optimizer_state = checkpoint.gather_sharded(model, optimizer.optimizer)
+    elif acc.is_main_process:
+        model_state, optimizer_state = acc.unwrap_model(model).state_dict(), optimizer.state_dict()
     if acc.is_main_process:
         checkpoint.save(
             run.path,
-            model_state=model.state_dict(),
-            optimizer_state=optimizer.state_dict(),
+            model_state=model_state,
+            optimizer_state=optimizer_state,
             rng_states=rngs,
             position={"format_version": FORMAT_VERSION, "step": step, "epoch": epoch, "batch": batch_index},
             keep=config.keep_checkpoints,
         )
     acc.wait_for_everyone()
+    return model_state
+
+
+def _apply_settings(optimizer, settings: list[dict[str, Any]]) -> None:
+    """The current config, not a checkpoint's saved groups, sets decay, betas and lr scales."""
+    for group, fresh in zip(optimizer.param_groups, settings):
+        group.update(fresh)
+
+
+def _load_optimizer_state(optimizer, state: dict[str, Any], settings: list[dict[str, Any]]) -> None:
+    optimizer.load_state_dict(state)
+    _apply_settings(optimizer, settings)
+
+
+def _autocast_forward(model: nn.Module, acc) -> None:
+    """bf16 autocast around ``model``'s forward, as accelerate patches it under DDP; FSDP2
+    models are not patched by accelerate. ``unwrap_model(..., keep_fp32_wrapper=False)``
+    removes it again."""
+    from types import MethodType
+
+    from accelerate.utils import convert_outputs_to_fp32
+    from accelerate.utils.modeling import get_mixed_precision_context_manager
+
+    autocast = get_mixed_precision_context_manager(acc.native_amp, acc.autocast_handler)
+    model._original_forward = model.forward
+    model.forward = MethodType(convert_outputs_to_fp32(autocast(model.forward.__func__)), model)
+
+
+class _EveryBatch:
+    """The accelerator ``evaluate`` sees under FSDP: one process of one, so every process
+    scores every batch (the same sums everywhere; nothing left to reduce)."""
+
+    process_index = 0
+    num_processes = 1
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
 
 
 def _progress(enabled: bool):
