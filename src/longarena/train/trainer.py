@@ -11,8 +11,15 @@ sharding depends on the process count) is not needed.
 
 Loss: each micro-batch contributes its summed loss divided by the step's scored count
 (all processes, all micro-batches), times ``P`` because DDP averages gradients over
-processes. The gradient of a step is then exactly the gradient of the mean loss over the
-whole batch, whatever ``grad_accum`` and ``P`` are.
+processes (FSDP's reduce-scatter averages too). The gradient of a step is then exactly the
+gradient of the mean loss over the whole batch, whatever ``grad_accum`` and ``P`` are.
+
+Several processes replicate the model (DDP) or, with ``train.distributed: fsdp``, shard
+it (FSDP2: each backbone block's parameters, gradients and AdamW state are split over the
+processes and gathered block by block). A sharded run differs in four places: the
+optimizer state of a checkpoint is loaded after sharding, checkpoints gather full state
+dicts first, bf16 autocast is patched on here rather than by accelerate, and every process
+runs every evaluation batch (each forward is a collective).
 """
 
 from __future__ import annotations
@@ -358,7 +365,8 @@ def fit(
         if len(state["optimizer"]["param_groups"]) != len(optimizer.param_groups):
             raise ResumeError(f"{ckpt_path}: the optimizer has {len(optimizer.param_groups)} parameter groups, the checkpoint {len(state['optimizer']['param_groups'])}")
         if not sharded:  # FSDP loads it into the shards, once the model is sharded
-            _load_optimizer_state(optimizer, state["optimizer"], settings)
+            optimizer.load_state_dict(state["optimizer"])
+            _apply_settings(optimizer, settings)
         checkpoint.set_rng_state(state["rng"])
         position = state["position"]
         step, epoch, batch_index = int(position["step"]), int(position["epoch"]), int(position["batch"])
@@ -388,6 +396,7 @@ def fit(
             _apply_settings(optimizer, settings)
         if config.precision == "bf16":
             _autocast_forward(model, acc)
+    state = None  # the checkpoint's full copies are loaded; free them for the run
     # under FSDP every forward gathers parameters from all processes, so each process must
     # run every evaluation batch; with DDP they share the batches
     eval_acc = _EveryBatch(acc.device) if sharded else acc
@@ -553,11 +562,6 @@ def _apply_settings(optimizer, settings: list[dict[str, Any]]) -> None:
     """The current config, not a checkpoint's saved groups, sets decay, betas and lr scales."""
     for group, fresh in zip(optimizer.param_groups, settings):
         group.update(fresh)
-
-
-def _load_optimizer_state(optimizer, state: dict[str, Any], settings: list[dict[str, Any]]) -> None:
-    optimizer.load_state_dict(state)
-    _apply_settings(optimizer, settings)
 
 
 def _autocast_forward(model: nn.Module, acc) -> None:
