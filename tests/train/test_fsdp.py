@@ -23,7 +23,7 @@ from longarena.models.backbone import Block, ModelConfig
 from longarena.train import TrainConfig, fit, model_for_task
 from longarena.train import checkpoint as train_checkpoint
 from longarena.train.checkpoint import ResumeError
-from longarena.train.trainer import fsdp_plugin, make_accelerator, uses_fsdp
+from longarena.train.trainer import _autocast_forward, fsdp_plugin, make_accelerator, uses_fsdp
 from tests.train.test_cli_train import RUN_YAML, _metrics, _train
 
 LAUNCHER_ENV = {  # what `accelerate launch --use_fsdp --fsdp_version 1 ...` exports
@@ -80,15 +80,14 @@ def test_distributed_setting_is_checked(tmp_path):
 def test_plugin_shards_each_backbone_block_whatever_the_launcher_exported(monkeypatch):
     for key, value in LAUNCHER_ENV.items():
         monkeypatch.setenv(key, value)
-    plugin = fsdp_plugin(TrainConfig(distributed="fsdp", precision="bf16"))
+    plugin = fsdp_plugin()
     assert plugin.fsdp_version == 2 and plugin.reshard_after_forward is True
     from torch.distributed.fsdp import CPUOffloadPolicy
 
     assert not isinstance(plugin.cpu_offload, CPUOffloadPolicy) and not plugin.activation_checkpointing
-    # bf16: compute on bf16 copies of the gathered weights, reduce gradients in fp32
-    assert plugin.mixed_precision_policy.param_dtype == torch.bfloat16
-    assert plugin.mixed_precision_policy.reduce_dtype == torch.float32
-    assert fsdp_plugin(TrainConfig()).mixed_precision_policy.param_dtype is None  # fp32 throughout
+    # weights gathered and gradients reduced in fp32 (bf16 is the autocast of every mode)
+    policy = plugin.mixed_precision_policy
+    assert policy.param_dtype is None and policy.reduce_dtype is None and policy.output_dtype is None
 
     from accelerate.utils.fsdp_utils import fsdp2_prepare_auto_wrap_policy
 
@@ -99,6 +98,20 @@ def test_plugin_shards_each_backbone_block_whatever_the_launcher_exported(monkey
     groups = [name for name, module in model.named_modules() if wraps(module)]
     assert groups == [f"backbone.layers.{i}" for i in range(3)]
     assert all(isinstance(model.get_submodule(name), Block) for name in groups)
+
+
+def test_bf16_autocast_is_patched_on_and_removed_like_accelerates():
+    task = tasks.get("associative_recall", vocab_size=16, num_pairs=2, num_queries=2, n_train=64)
+    model = model_for_task(task, ModelConfig(d_model=16, n_layers=1, mixer={"attention": {"n_heads": 2}}))
+    seen = []
+    model.head.register_forward_hook(lambda module, inputs, output: seen.append(output.dtype))
+    acc = make_accelerator(TrainConfig(precision="bf16", device="cpu"))
+    _autocast_forward(model, acc)
+    logits = model(torch.zeros(1, 4, dtype=torch.long)).logits
+    assert seen == [torch.bfloat16]
+    acc.unwrap_model(model, keep_fp32_wrapper=False)
+    model(torch.zeros(1, 4, dtype=torch.long))
+    assert seen == [torch.bfloat16, torch.float32] and logits.dtype == torch.bfloat16
 
 
 def test_one_process_fsdp_is_a_plain_run(monkeypatch):
@@ -190,6 +203,17 @@ def test_two_sharded_processes_match_one(tmp_path):
     resumed = _train("--out", str(tmp_path / "two"), "--resume", "--set", "train.distributed=ddp")
     assert resumed.exit_code == 0, resumed.output
     assert [r.get("loss", 0.0) for r in a] == pytest.approx([r.get("loss", 0.0) for r in _metrics(tmp_path / "two")], rel=1e-5)
+
+
+@pytest.mark.slow
+def test_sharded_bf16_computes_like_ddp(tmp_path):
+    """bf16 under FSDP is DDP's autocast on fp32 weights: the same losses, not merely close."""
+    config = _config(tmp_path, 12)
+    bf16 = [*OVERRIDES, "--set", "train.precision=bf16"]
+    _run_two("--config", str(config), *bf16, "--set", "train.distributed=fsdp", "--out", str(tmp_path / "fsdp"))
+    _run_two("--config", str(config), *bf16, "--out", str(tmp_path / "ddp"))
+    a, b = _metrics(tmp_path / "ddp"), _metrics(tmp_path / "fsdp")
+    assert [r.get("loss", 0.0) for r in a] == pytest.approx([r.get("loss", 0.0) for r in b], rel=1e-6)
 
 
 @pytest.mark.slow

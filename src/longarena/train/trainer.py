@@ -60,27 +60,28 @@ def uses_fsdp(config: TrainConfig) -> bool:
     return config.distributed == "fsdp" or os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
 
 
-def fsdp_plugin(config: TrainConfig):
+def fsdp_plugin():
     """accelerate's FSDP2 plugin for the trainer: every backbone ``Block`` is its own shard
     group (its parameters are gathered just before its forward and backward and freed
     after), the rest (embeddings, final norm, head) is the root group.
 
     Every option is set here, so the ``FSDP_*`` variables of ``accelerate launch
-    --use_fsdp`` change nothing. With bf16 the parameters are gathered and used in bf16
-    while gradients are reduced, and weights and AdamW state kept, in fp32; the forward
-    also runs under bf16 autocast as in the other modes (``fit``), which keeps fp32 buffers
-    and fp32-only operations working.
+    --use_fsdp`` change nothing. Weights are gathered and gradients reduced in fp32 whatever
+    the precision: bf16 is the autocast of the other modes (``fit`` patches it on), so a run
+    computes the same way under one process, DDP or FSDP and can move between them on
+    resume. FSDP's bf16 parameter policy would halve the gathers' traffic but put the
+    residual stream, the norms and the state-space parameters in bf16 too.
     """
     from accelerate import FullyShardedDataParallelPlugin
     from torch.distributed.fsdp import MixedPrecisionPolicy
 
-    policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if config.precision == "bf16" else MixedPrecisionPolicy()
     return FullyShardedDataParallelPlugin(
         fsdp_version=2,
         auto_wrap_policy="transformer_based_wrap",
         transformer_cls_names_to_wrap=[Block.__name__],
         reshard_after_forward=True,
-        mixed_precision_policy=policy,
+        # fp32 (all None); a policy left unset would become accelerate's bf16 one
+        mixed_precision_policy=MixedPrecisionPolicy(),
         cpu_offload=False,
         activation_checkpointing=False,
         activation_checkpointing_offload=False,
@@ -114,7 +115,7 @@ def make_accelerator(config: TrainConfig):
         on_cpu = getattr(partial.get("device"), "type", "cpu") == "cpu"
         if on_cpu != cpu:
             AcceleratorState._reset_state(reset_partial_state=True)
-    plugin = fsdp_plugin(config) if distributed and uses_fsdp(config) else None
+    plugin = fsdp_plugin() if distributed and uses_fsdp(config) else None
     shared = AcceleratorState._shared_state
     # a plugin lives in the state too: a new one, or none after an FSDP run, needs a fresh state
     was_fsdp = shared.get("distributed_type") == DistributedType.FSDP
