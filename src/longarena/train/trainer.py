@@ -456,10 +456,12 @@ def fit(
         seconds = time.perf_counter() - start_time
         params = sum(p.numel() for p in raw_model.parameters())
         if run is not None:
+            layout: dict[str, Any] = {"processes": world, "distributed": "fsdp" if sharded else "ddp" if world > 1 else "single"}
+            if acc.device.type == "cuda":  # rank 0's peak, before the final checkpoint's gathers
+                layout["peak_gpu_memory_gib"] = torch.cuda.max_memory_allocated(acc.device) / 2**30
             weights = _save_checkpoint(acc, run, model, optimizer, config, step, epoch, batch_index)
             scores = {k if k.startswith("test_") else f"val_{k}": v for k, v in final.items()}
             run.log({"step": step, "final": True, **scores})
-            layout = {"processes": world, "distributed": "fsdp" if sharded else "ddp" if world > 1 else "single"}
             run.finish(weights, {"step": step, "parameters": params, "seconds": seconds, **layout, **scores})
             acc.wait_for_everyone()
     finally:
