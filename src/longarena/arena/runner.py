@@ -35,7 +35,6 @@ from longarena.arena import studies
 from longarena.arena.suites import Cell, StudySpec, Suite
 from longarena.atomic import write_text
 from longarena.config import ConfigError
-from longarena.models.backbone import ModelConfig
 from longarena.train.loop import model_for_task, train
 
 #: bump when the cached files or results.json change shape; older run folders are refused
@@ -190,6 +189,8 @@ def cell_key(cell: Cell, mixer: str, task: Any = None) -> str:
         "task_config": task.config.to_dict(),
         "d_model": cell.d_model,
         "n_layers": cell.n_layers,
+        # only when set, so the keys of cells without it (every cached result) stay the same
+        **({"backbone": cell.backbone} if cell.backbone else {}),
         "model": model,
         "train": cell.train_config().to_dict(),
     })
@@ -227,8 +228,8 @@ def run_cell(cell: Cell, mixer: str, *, progress: bool = False, task: Any = None
             model = _whole_model(cell, mixer, task)
         else:
             overrides = _overrides(cell, mixer, task.kind)
-            config = ModelConfig(d_model=cell.d_model, n_layers=cell.n_layers, pattern=(mixer,),
-                                 mixer={mixer: overrides} if overrides else {})
+            config = {"d_model": cell.d_model, "n_layers": cell.n_layers, "pattern": (mixer,),
+                      "mixer": {mixer: overrides} if overrides else {}, **cell.backbone}
             model = model_for_task(task, config)
         result = train(model, task, cell.train_config(), progress=progress, description=f"{cell.task}/{mixer}")
         try:

@@ -43,14 +43,20 @@ class Cell(Config):
     d_model: int = 64
     n_layers: int = 2
     mixer_overrides: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    #: further model fields shared by every mixer of the cell (ModelConfig's, e.g. dropout,
+    #: and for classifiers ``pooling``)
+    backbone: dict[str, Any] = dataclasses.field(default_factory=dict)
     #: whole registered models compared beside the mixers (e.g. "perceiver" on classification),
     #: built with this cell's d_model and the task's vocabulary/classes, plus these overrides
     models: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     train: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def validate(self) -> None:
-        _expect_types(self, task=str, task_config=dict, d_model=int, n_layers=int, mixer_overrides=dict, models=dict,
-                      train=dict)
+        _expect_types(self, task=str, task_config=dict, d_model=int, n_layers=int, mixer_overrides=dict, backbone=dict,
+                      models=dict, train=dict)
+        fixed = sorted(set(self.backbone) & {"d_model", "n_layers", "pattern", "mixer", "vocab_size", "num_classes"})
+        if fixed:
+            raise ConfigError(f"Cell.backbone cannot set {fixed}: the cell's own fields and the task decide them")
         if isinstance(self.mixers, str):
             if self.mixers not in ("all", "causal"):
                 raise ConfigError(f"Cell.mixers must be 'all', 'causal' or a list of mixer names, got {self.mixers!r}")
@@ -249,5 +255,101 @@ def _smoke() -> Suite:
                 models={"perceiver": {"n_latents": 4, "d_latent": 32, "n_latent_layers": 1}},
                 train=dict(steps=3, batch_size=16, warmup=1, eval_batches=1),
             ),
+        ),
+    )
+
+
+#: optimizer steps of each LRA task in the ``lra`` suite, the same for every family (a
+#: fixed, shared budget: the presets hold the published, far longer schedules)
+LRA_SUITE_STEPS = {"listops": 20_000, "text": 8_000, "retrieval": 10_000, "image": 14_000, "pathfinder32": 25_000, "pathx": 10_000}
+
+
+def lra_cells(steps: dict[str, int] | None = None, data_root: str | Path = ".") -> tuple[tuple[Cell, ...], list[str]]:
+    """One cell per (LRA task, shared shape): every family of ``train.presets`` at its
+    preset width and settings, trained for the same ``steps[task]``.
+
+    Families whose presets differ in width (a costlier mixer is narrower, to stay within the
+    task's parameter budget) or in their optimizer settings (S4/S5's own state-space
+    learning rate) land in separate cells of the same task. Tasks read from files (Text,
+    Retrieval, Image) are kept only when their ``data_dir`` exists under ``data_root``;
+    the second return value names the skipped ones and where their files go.
+    """
+    from longarena.train import presets
+
+    steps = {**LRA_SUITE_STEPS, **(steps or {})}
+    cells: list[Cell] = []
+    skipped: list[str] = []
+    for short in presets.TASKS:
+        groups: dict[str, dict[str, Any]] = {}
+        for family in presets.FAMILIES:
+            run = presets.shared(short, family)
+            data_dir = run["task_config"].get("data_dir")
+            if data_dir is not None and not (Path(data_root) / data_dir).exists():
+                skipped.append(f"{short} (no {data_dir}; docs/tasks.md says how to fetch it)")
+                break
+            model = dict(run["model"])
+            mixer = model.pop("pattern")[0]
+            overrides = model.pop("mixer")[mixer]
+            train = {**run["train"], "steps": steps[short], "eval_every": 0, "checkpoint_every": 0}
+            train["warmup"] = min(train["warmup"], steps[short] // 10)
+            d_model, n_layers = model.pop("d_model"), model.pop("n_layers")
+            key = repr((d_model, n_layers, sorted(model.items()), sorted(train.items())))
+            group = groups.setdefault(key, {"task": run["task"], "task_config": run["task_config"], "d_model": d_model,
+                                           "n_layers": n_layers, "backbone": model, "train": train,
+                                           "mixers": [], "mixer_overrides": {}})
+            group["mixers"].append(mixer)
+            group["mixer_overrides"][mixer] = overrides
+        else:
+            cells.extend(Cell(**{**g, "mixers": tuple(g["mixers"])}) for g in groups.values())
+    return tuple(cells), skipped
+
+
+def _lra_description(skipped: list[str]) -> str:
+    text = (
+        "Long Range Arena on a GPU: every family in its preset shape within the task's parameter "
+        "budget (longarena train --list-presets), the same steps per task (arena.suites.LRA_SUITE_STEPS), "
+        "bf16. ListOps, Pathfinder-32 and Path-X come from the generators; Text, Retrieval and Image "
+        "from local files."
+    )
+    return text + (f" Skipped: {'; '.join(skipped)}." if skipped else "")
+
+
+@register_suite("lra")
+def _lra() -> Suite:
+    cells, skipped = lra_cells()
+    return Suite(name="lra", description=_lra_description(skipped), cells=cells)
+
+
+@register_suite("full")
+def _full() -> Suite:
+    cells, skipped = lra_cells()
+    recall = Cell(
+        task="associative_recall",
+        task_config=dict(vocab_size=64, num_pairs=16, num_queries=16, n_train=200_000, n_validation=2048),
+        mixers="causal",
+        d_model=128,
+        n_layers=2,
+        train=dict(steps=4000, batch_size=256, lr=1e-3, warmup=200, precision="bf16"),
+    )
+    return Suite(
+        name="full",
+        description=(
+            "The lra suite, associative recall at 16 pairs for every causal mixer, and the studies at "
+            "GPU scale: a bf16 speed and memory sweep to 64k tokens with decode steps, recall against "
+            "state size up to width 256, train-short-test-long over 16x the training length, and a "
+            "needle-in-a-haystack grid of SmolLM2 to 8k tokens. " + _lra_description(skipped)
+        ),
+        cells=(recall, *cells),
+        studies=(
+            StudySpec("bench", {"mixers": ("attention", "mamba", "s4d", "s5", "retnet", "hyena", "performer",
+                                           "longformer", "bigbird", "mega"),
+                                "lengths": (1024, 4096, 16384, 65536), "modes": ("fwd", "fwd_bwd", "step"),
+                                "device": "cuda", "dtype": "bfloat16", "d_model": 256, "batch": 4, "repeats": 5}),
+            StudySpec("state_recall", {"mixers": ("attention", "mamba", "retnet", "s4d", "hyena", "mega"),
+                                       "widths": (32, 64, 128, 256), "steps": 2000, "batch_size": 64,
+                                       "device": "cuda"}),
+            StudySpec("train_short_test_long", {"train_len": 64, "multiples": (1, 2, 4, 8, 16), "steps": 2000,
+                                                "d_model": 64, "layers": 2}),
+            StudySpec("niah", {"lengths": (1024, 2048, 4096, 8192), "depths": tuple(i / 10 for i in range(11))}),
         ),
     )

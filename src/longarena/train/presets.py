@@ -150,13 +150,15 @@ def _train_section(task: str, settings: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _build(task: str, family: str) -> dict[str, Any]:
+def _build(task: str, family: str, paper_settings: bool = True) -> dict[str, Any]:
+    """The preset of ``family`` on ``task``; ``paper_settings=False`` gives S4 the shape and
+    schedule every family shares on the task (what a controlled comparison trains)."""
     registry, task_config = TASKS[task]
     mixer = FAMILIES[family]
     model = {**SHAPES[task], "pattern": [mixer], "mixer": {mixer: _mixer_overrides(family, task)}}
     model["d_model"] = NARROWER.get((task, family), model["d_model"])
     train_settings = TRAIN[task]
-    paper = S4_PAPER.get(task) if family == "s4" else None
+    paper = S4_PAPER.get(task) if family == "s4" and paper_settings else None
     if paper is not None:
         model = {**model, **{k: v for k, v in paper["model"].items() if k != "mixer"}}
         model["mixer"] = {"s4": {**model["mixer"]["s4"], **paper["model"]["mixer"]["s4"]}}
@@ -170,6 +172,14 @@ def _build(task: str, family: str) -> dict[str, Any]:
 PRESETS: dict[str, dict[str, Any]] = {
     f"lra/{task}/{family}": _build(task, family) for task in TASKS for family in FAMILIES
 }
+
+
+def shared(task: str, family: str) -> dict[str, Any]:
+    """Run-config overlay of ``family`` on LRA ``task`` in the task's shared shape and
+    schedule (for S4 too; its ``lra/<task>/s4`` preset may follow the paper instead)."""
+    if task not in TASKS or family not in FAMILIES:
+        raise ConfigError(f"no LRA setting for task {task!r} / family {family!r}; tasks: {', '.join(TASKS)}; families: {', '.join(FAMILIES)}")
+    return _build(task, family, paper_settings=False)
 
 
 def names() -> list[str]:
