@@ -43,15 +43,15 @@ def _config(tmp_path: Path, steps: int) -> Path:
     return path
 
 
-def _torchrun(*args: str, **popen) -> subprocess.Popen:
+def _torchrun(*args: str, env: dict[str, str] | None = None, **popen) -> subprocess.Popen:
     """``longarena train`` on two CPU processes (gloo); --standalone picks a free port."""
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                "-m", "longarena.cli", "train", *args]
-    return subprocess.Popen(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, **popen)
+    return subprocess.Popen(command, env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}, **popen)
 
 
-def _run_two(*args: str) -> None:
-    proc = _torchrun(*args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+def _run_two(*args: str, env: dict[str, str] | None = None) -> None:
+    proc = _torchrun(*args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     output, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, output.decode()[-4000:]
 
@@ -207,11 +207,14 @@ def test_two_sharded_processes_match_one(tmp_path):
 
 @pytest.mark.slow
 def test_sharded_bf16_computes_like_ddp(tmp_path):
-    """bf16 under FSDP is DDP's autocast on fp32 weights: the same losses, not merely close."""
+    """bf16 under FSDP is DDP's autocast on fp32 weights: the same losses, not merely close.
+    FSDP comes from the launcher here (``accelerate launch --use_fsdp``'s variables)."""
     config = _config(tmp_path, 12)
     bf16 = [*OVERRIDES, "--set", "train.precision=bf16"]
-    _run_two("--config", str(config), *bf16, "--set", "train.distributed=fsdp", "--out", str(tmp_path / "fsdp"))
+    _run_two("--config", str(config), *bf16, "--out", str(tmp_path / "fsdp"), env=LAUNCHER_ENV)
     _run_two("--config", str(config), *bf16, "--out", str(tmp_path / "ddp"))
+    layout = lambda run: json.loads((run / "results.json").read_text())["distributed"]
+    assert (layout(tmp_path / "fsdp"), layout(tmp_path / "ddp")) == ("fsdp", "ddp")
     a, b = _metrics(tmp_path / "ddp"), _metrics(tmp_path / "fsdp")
     assert [r.get("loss", 0.0) for r in a] == pytest.approx([r.get("loss", 0.0) for r in b], rel=1e-6)
 
