@@ -31,10 +31,10 @@ LAUNCHER_ENV = {  # what `accelerate launch --use_fsdp --fsdp_version 1 ...` exp
     "FSDP_MIN_NUM_PARAMS": "1000", "FSDP_OFFLOAD_PARAMS": "true", "FSDP_ACTIVATION_CHECKPOINTING": "true",
     "FSDP_STATE_DICT_TYPE": "SHARDED_STATE_DICT", "FSDP_BACKWARD_PREFETCH": "BACKWARD_PRE",
 }
-#: two blocks (two FSDP groups besides the root), a checkpoint every 5 steps (all kept), an
-#: evaluation at step 6
-OVERRIDES = ["--set", "model.n_layers=2", "--set", "train.checkpoint_every=5", "--set", "train.keep_checkpoints=3",
-             "--set", "train.eval_every=6", "--set", "train.eval_batches=3"]
+#: two blocks (two FSDP groups besides the root), two micro-batches per step, a checkpoint
+#: every 5 steps (all kept), an evaluation of 3 batches (not a multiple of 2) at step 6
+OVERRIDES = ["--set", "model.n_layers=2", "--set", "train.grad_accum=2", "--set", "train.checkpoint_every=5",
+             "--set", "train.keep_checkpoints=3", "--set", "train.eval_every=6", "--set", "train.eval_batches=3"]
 
 
 def _config(tmp_path: Path, steps: int) -> Path:

@@ -16,10 +16,11 @@ gradient of the mean loss over the whole batch, whatever ``grad_accum`` and ``P`
 
 Several processes replicate the model (DDP) or, with ``train.distributed: fsdp``, shard
 it (FSDP2: each backbone block's parameters, gradients and AdamW state are split over the
-processes and gathered block by block). A sharded run differs in four places: the
+processes and gathered block by block). A sharded run differs in five places: the
 optimizer state of a checkpoint is loaded after sharding, checkpoints gather full state
-dicts first, bf16 autocast is patched on here rather than by accelerate, and every process
-runs every evaluation batch (each forward is a collective).
+dicts first, bf16 autocast is patched on here rather than by accelerate, gradients are
+reduce-scattered after every micro-batch, and every process runs every evaluation batch
+(each forward is a collective).
 """
 
 from __future__ import annotations
@@ -491,11 +492,14 @@ def accumulate_gradients(model: nn.Module, micro_batches: list[dict[str, Tensor]
         counts = accelerator.reduce(counts.to(device), reduction="sum").cpu()
     scored, tokens = max(float(counts[0]), 1.0), float(counts[1])
     total = torch.zeros((), dtype=torch.float64, device=device)
+    # DDP all-reduces gradients on every backward unless told not to: once per step is enough.
+    # FSDP reduce-scatters every micro-batch: skipping it would keep whole gradients until the
+    # step's last one, the memory that sharding is for
+    sync_each = accelerator is None or getattr(accelerator, "is_fsdp2", False)
     for a, mb in enumerate(micro_batches):
         mb = {k: v.to(device) for k, v in mb.items()}
         last = a == len(micro_batches) - 1
-        # DDP all-reduces gradients on every backward unless told not to: once per step is enough
-        with contextlib.nullcontext() if last or accelerator is None else accelerator.no_sync(model):
+        with contextlib.nullcontext() if last or sync_each else accelerator.no_sync(model):
             loss, _, _ = loss_sum(model, mb, kind)
             scaled = loss * (world / scored)  # DDP averages over processes; this makes it a sum
             accelerator.backward(scaled) if accelerator is not None else scaled.backward()
