@@ -51,8 +51,12 @@ def _torchrun(*args: str, env: dict[str, str] | None = None, **popen) -> subproc
 
 
 def _run_two(*args: str, env: dict[str, str] | None = None) -> None:
-    proc = _torchrun(*args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    output, _ = proc.communicate(timeout=300)
+    proc = _torchrun(*args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        output, _ = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both training processes
+        raise
     assert proc.returncode == 0, output.decode()[-4000:]
 
 
