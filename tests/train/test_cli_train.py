@@ -103,7 +103,7 @@ def test_preset_with_overrides_trains(tmp_path):
                     "--set", "train.precision=fp32", "--set", "train.device=cpu", "--out", str(tmp_path / "run"))
     assert result.exit_code == 0, result.output
     run = json.loads((tmp_path / "run" / "config.json").read_text())["run"]
-    assert run["task"] == "listops" and run["model"]["mixer"]["s4"]["d_state"] == 4 and run["train"]["lr"] == 0.01
+    assert run["task"] == "listops" and run["model"]["mixer"]["s4"]["d_state"] == 64 and run["train"]["lr"] == 0.01
     # LRA presets score the whole test split at the end: n_test=4 examples in one batch
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert results["test_accuracy"] * 4 == round(results["test_accuracy"] * 4) and "test accuracy" in result.output
