@@ -23,8 +23,9 @@ from tests.mixers.first_token import train_first_token
         ("s4d", dict(d_state=8, init="lin", discretization="bilinear")),
         ("s4", dict(d_state=8, causal=False)),
         ("s4d", dict(d_state=8, causal=False)),
+        ("s4d", dict(d_state=8, output="glu")),
     ],
-    ids=["s4-dplr", "s4d-legs-zoh", "s4d-lin-bilinear", "s4-bidirectional", "s4d-bidirectional"],
+    ids=["s4-dplr", "s4d-legs-zoh", "s4d-lin-bilinear", "s4-bidirectional", "s4d-bidirectional", "s4d-glu"],
 )
 def test_conformance(name, config):
     report = check_mixer(lambda: mixers.get(name, 16, **config), long_len=16384)
@@ -178,6 +179,8 @@ def test_bad_configs_and_states_say_what_was_expected():
         mixers.get("s4", 8, dt_min=float("nan"))
     with pytest.raises(ConfigError, match="init must be 'legs'"):
         mixers.get("s4", 8, init="lin")
+    with pytest.raises(ConfigError, match="output must be 'linear' or 'glu'"):
+        mixers.get("s4", 8, output="gelu")
     m = mixers.get("s4d", 8, d_state=8)
     other = mixers.get("s4d", 8, d_state=16).init_state(2)
     with pytest.raises(MixerInputError, match=r"\(B, H, N/2\) = \(2, 8, 4\)"):
@@ -222,3 +225,17 @@ def test_time_blocked_tables_equal_the_recurrence(name, monkeypatch):
         y_ref, s_ref = m(x, state=state)
     torch.testing.assert_close(y, y_ref, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(s, s_ref, rtol=1e-4, atol=1e-5)
+
+
+def test_glu_output_gates_half_the_projection_by_the_other():
+    """output='glu': out = a * sigmoid(b) for [a, b] = W gelu(y + D u) + bias, checked by hand."""
+    torch.manual_seed(0)
+    m = mixers.get("s4d", 6, d_state=4, output="glu")
+    x = torch.randn(2, 5, 6)
+    out, _ = m(x)
+    with torch.no_grad():
+        inner = m.kernel(5)[0]  # (H, T): the causal kernel
+        y = torch.stack([sum(inner[:, j] * x[:, t - j] for j in range(t + 1)) for t in range(5)], dim=1)
+        z = torch.nn.functional.gelu(y + m.d * x) @ m.out_proj.weight.T + m.out_proj.bias
+    assert m.out_proj.weight.shape == (12, 6)
+    torch.testing.assert_close(out, z[..., :6] * torch.sigmoid(z[..., 6:]), atol=1e-5, rtol=1e-5)

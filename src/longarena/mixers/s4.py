@@ -101,11 +101,16 @@ class S4Config(MixerConfig):
     dt_max: float = 1e-1
     #: False: bidirectional (two kernels, one per direction), for classification
     causal: bool = True
+    #: the layer's output map after GELU: "linear" (H -> H) or "glu" (H -> 2H, then a gated
+    #: linear unit: the S4 papers' LRA blocks)
+    output: str = "linear"
 
     def validate(self) -> None:
         super().validate()
         if self.kernel not in ("dplr", "diag"):
             raise ConfigError(f"kernel must be 'dplr' (S4) or 'diag' (S4D), got {self.kernel!r}")
+        if self.output not in ("linear", "glu"):
+            raise ConfigError(f"output must be 'linear' or 'glu', got {self.output!r}")
         if self.init not in ("legs", "lin"):
             raise ConfigError(f"init must be 'legs' or 'lin', got {self.init!r}")
         if self.kernel == "dplr" and self.init != "legs":
@@ -204,7 +209,7 @@ class S4(KeepFP32Params, Mixer):
         log_lo, log_hi = math.log(config.dt_min), math.log(config.dt_max)
         self.log_dt = nn.Parameter(torch.rand(h) * (log_hi - log_lo) + log_lo)
         self.d = nn.Parameter(torch.randn(h))
-        self.out_proj = nn.Linear(h, h)
+        self.out_proj = nn.Linear(h, 2 * h if config.output == "glu" else h)
 
     def eigenvalues(self) -> Tensor:
         """Lambda (H, N/2), complex64."""
@@ -306,8 +311,8 @@ class S4(KeepFP32Params, Mixer):
             )
 
     def _block(self, x: Tensor, ssm_out: Tensor) -> Tensor:
-        y = F.gelu(ssm_out + self.d.float() * x.float())
-        return self.out_proj(y.to(x.dtype))
+        y = self.out_proj(F.gelu(ssm_out + self.d.float() * x.float()).to(x.dtype))
+        return F.glu(y, dim=-1) if self.config.output == "glu" else y
 
     def _forward(self, x: Tensor, state: Tensor | None, mask: Tensor | None) -> tuple[Tensor, Tensor | None]:
         u = x.float()
