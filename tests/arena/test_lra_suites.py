@@ -43,8 +43,14 @@ def test_lra_cells_are_the_shared_presets_with_one_budget_per_task(tmp_path, wit
             assert cell.backbone["dropout"] == run["model"]["dropout"]
             t = cell.train_config()
             assert t.steps == suites.LRA_SUITE_STEPS[short]
-            assert (t.lr, t.batch_size, t.weight_decay, t.ssm_lr) == (
-                run["train"]["lr"], run["train"]["batch_size"], run["train"]["weight_decay"], run["train"].get("ssm_lr"))
+            assert (t.lr, t.batch_size, t.weight_decay, t.ssm_lr, t.grad_accum) == (
+                run["train"]["lr"], run["train"]["batch_size"], run["train"]["weight_decay"], run["train"].get("ssm_lr"),
+                run["train"].get("grad_accum", 1))
+    # Path-X (16,384 tokens) in micro-batches of 8: whole batches of 32 ran three families out
+    # of an H100's memory in a GPU run of this suite
+    pathx = [c for c in cells if c.task == "pathx"]
+    assert pathx and all(c.train_config().batch_size // c.train_config().grad_accum == 8 for c in pathx)
+    assert all(c.train_config().eval_batch_size == 8 for c in pathx)
 
 
 def test_lra_and_full_suites_check_their_names_and_study_configs():
