@@ -3,9 +3,14 @@
     python benchmarks/arena_listops.py                         # baselines only (~1 min)
     python benchmarks/arena_listops.py --mixers attention,s4d  # + mixers at the cell's budget
     python benchmarks/arena_listops.py --mixers attention,s4d --steps 1000 --d-model 64 --layers 2
+    # LRA's generator at 100-300 tokens: attention and Hyena pick up the bag signal, S4 not yet
+    python benchmarks/arena_listops.py --task-config max_depth=10 max_args=10 operator_p=0.25 \
+        min_length=100 max_length=300 n_train=8000 --mixers attention,hyena,s4 \
+        --mixer-config s4.causal=false s4.kernel=diag hyena.max_len=512 \
+        --steps 400 --d-model 64 --layers 2 --batch-size 32 --out /tmp/listops_300.json
 
-Reads the ListOps cell of the ``quick`` suite (so it always measures the suite's real task)
-and reports on its validation split:
+Reads the ListOps cell of the ``quick`` suite (so it always measures the suite's real task;
+``--task-config`` changes its generator) and reports on its validation split:
 
 - the most frequent class;
 - a bag-of-tokens MLP (token counts -> 2 hidden layers of 256 -> 10 classes, AdamW), the
@@ -82,12 +87,29 @@ def bag_ceiling(validation, *, draws: int, seed: int = 0) -> float:
     return sum(shares) / len(shares)
 
 
+def _pair(text: str) -> tuple[str, object]:
+    """``key=value`` with the value read as JSON where it parses (numbers, true/false), else a string."""
+    key, sep, raw = text.partition("=")
+    if not sep:
+        raise SystemExit(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key, json.loads(raw)
+    except json.JSONDecodeError:
+        return key, raw
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--mixers", default="", help="comma-separated mixers to train like the arena cell")
     parser.add_argument("--steps", type=int, default=None, help="training steps (default: the cell's)")
     parser.add_argument("--d-model", type=int, default=None, help="model width (default: the cell's)")
     parser.add_argument("--layers", type=int, default=None, help="model depth (default: the cell's)")
+    parser.add_argument("--batch-size", type=int, default=None, help="training batch (default: the cell's)")
+    parser.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the cell's)")
+    parser.add_argument("--task-config", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="ListOps generator fields over the cell's (e.g. min_length=100 max_length=300)")
+    parser.add_argument("--mixer-config", nargs="*", default=[], metavar="MIXER.KEY=VALUE",
+                        help="per-mixer config over the cell's (e.g. s4.causal=false)")
     parser.add_argument("--epochs", type=int, default=40, help="bag-of-tokens MLP epochs")
     parser.add_argument("--draws", type=int, default=64, help="digit re-assignments per example for the ceiling")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/arena_listops.json"))
@@ -95,6 +117,16 @@ def main() -> None:
 
     cell = next(c for c in get_suite("quick").cells if c.task == "listops")
     from longarena import tasks
+
+    cell = cell.replace(task_config={**cell.task_config, **dict(_pair(kv) for kv in args.task_config)})
+    overrides = {k: dict(v) for k, v in cell.mixer_overrides.items()}
+    for kv in args.mixer_config:
+        key, value = _pair(kv)
+        mixer, _, field = key.partition(".")
+        if not field:
+            parser.error(f"--mixer-config takes MIXER.KEY=VALUE, got {kv!r}")
+        overrides.setdefault(mixer, {})[field] = value
+    cell = cell.replace(mixer_overrides=overrides)
 
     task = tasks.get(cell.task, **cell.task_config)
     train, validation = task.split("train"), task.split("validation")
@@ -105,8 +137,9 @@ def main() -> None:
     start = time.perf_counter()
     rows.append(("bag ceiling (no bag model beats it)", bag_ceiling(validation, draws=args.draws), time.perf_counter() - start))
     changes = {}
-    if args.steps is not None:
-        changes["train"] = {**cell.train, "steps": args.steps}
+    train_changes = {k: v for k, v in (("steps", args.steps), ("batch_size", args.batch_size), ("lr", args.lr)) if v is not None}
+    if train_changes:
+        changes["train"] = {**cell.train, **train_changes}
     if args.d_model is not None:
         changes["d_model"] = args.d_model
     if args.layers is not None:
@@ -118,14 +151,15 @@ def main() -> None:
                      float("nan") if r.accuracy is None else r.accuracy, r.seconds))
 
     stats = listops.stats(validation)
-    print(f"quick-suite ListOps: {json.dumps(cell.task_config)}")
+    print(f"ListOps (quick-suite cell, with changes): {json.dumps(cell.task_config)}")
     print(f"validation: {stats['n']} trees, {stats['length_min']}-{stats['length_max']} tokens, depth <= {stats['depth_max']}")
     print(f"{'model':<44} {'accuracy':>8} {'seconds':>8}")
     for name, acc, secs in rows:
         print(f"{name:<44} {acc:8.3f} {secs:8.1f}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({
-        "task_config": cell.task_config, "train": cell.train, "d_model": cell.d_model,
+        "task_config": cell.task_config, "train": cell.train, "d_model": cell.d_model, "n_layers": cell.n_layers,
+        "mixer_overrides": cell.mixer_overrides,
         "validation": {k: v for k, v in stats.items() if k != "label_counts"},
         "rows": [{"model": n, "accuracy": a, "seconds": s} for n, a, s in rows],
     }, indent=2))
