@@ -8,6 +8,8 @@
         min_length=100 max_length=300 n_train=8000 --mixers attention,hyena,s4 \
         --mixer-config s4.causal=false s4.kernel=diag hyena.max_len=512 \
         --steps 400 --d-model 64 --layers 2 --batch-size 32 --out /tmp/listops_300.json
+    # the same, read out at the first token (the outermost operator): S4 learns
+    python benchmarks/arena_listops.py ... (as above) --mixers s4,attention --pooling first
 
 Reads the ListOps cell of the ``quick`` suite (so it always measures the suite's real task;
 ``--task-config`` changes its generator) and reports on its validation split:
@@ -110,6 +112,7 @@ def main() -> None:
                         help="ListOps generator fields over the cell's (e.g. min_length=100 max_length=300)")
     parser.add_argument("--mixer-config", nargs="*", default=[], metavar="MIXER.KEY=VALUE",
                         help="per-mixer config over the cell's (e.g. s4.causal=false)")
+    parser.add_argument("--pooling", default=None, choices=("mean", "first", "last"), help="classifier read-out (default: mean)")
     parser.add_argument("--epochs", type=int, default=40, help="bag-of-tokens MLP epochs")
     parser.add_argument("--draws", type=int, default=64, help="digit re-assignments per example for the ceiling")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/arena_listops.json"))
@@ -144,21 +147,25 @@ def main() -> None:
         changes["d_model"] = args.d_model
     if args.layers is not None:
         changes["n_layers"] = args.layers
+    if args.pooling is not None:
+        changes["backbone"] = {**cell.backbone, "pooling": args.pooling}
     cell = cell.replace(**changes)
     for name in [n.strip() for n in args.mixers.split(",") if n.strip()]:
         r = run_cell(cell, name, task=task)
-        rows.append((f"{name} (d_model {cell.d_model} x {cell.n_layers}, {cell.train['steps']} steps)",
+        pooled = f", {cell.backbone['pooling']} pooling" if "pooling" in cell.backbone else ""
+        rows.append((f"{name} (d_model {cell.d_model} x {cell.n_layers}, {cell.train['steps']} steps{pooled})",
                      float("nan") if r.accuracy is None else r.accuracy, r.seconds))
 
     stats = listops.stats(validation)
     print(f"ListOps (quick-suite cell, with changes): {json.dumps(cell.task_config)}")
     print(f"validation: {stats['n']} trees, {stats['length_min']}-{stats['length_max']} tokens, depth <= {stats['depth_max']}")
-    print(f"{'model':<44} {'accuracy':>8} {'seconds':>8}")
+    print(f"{'model':<58} {'accuracy':>8} {'seconds':>8}")
     for name, acc, secs in rows:
-        print(f"{name:<44} {acc:8.3f} {secs:8.1f}")
+        print(f"{name:<58} {acc:8.3f} {secs:8.1f}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({
         "task_config": cell.task_config, "train": cell.train, "d_model": cell.d_model, "n_layers": cell.n_layers,
+        "backbone": cell.backbone,
         "mixer_overrides": cell.mixer_overrides,
         "validation": {k: v for k, v in stats.items() if k != "label_counts"},
         "rows": [{"model": n, "accuracy": a, "seconds": s} for n, a, s in rows],

@@ -340,16 +340,17 @@ def _full() -> Suite:
             "needle-in-a-haystack grid of SmolLM2 to 8k tokens. " + _lra_description(skipped)
         ),
         cells=(recall, *cells),
+        # lists, not tuples, in study settings: the suite round-trips through results.json
         studies=(
-            StudySpec("bench", {"mixers": ("attention", "mamba", "s4d", "s5", "retnet", "hyena", "performer",
-                                           "longformer", "bigbird", "mega"),
-                                "lengths": (1024, 4096, 16384, 65536), "modes": ("fwd", "fwd_bwd", "step"),
+            StudySpec("bench", {"mixers": ["attention", "mamba", "s4d", "s5", "retnet", "hyena", "performer",
+                                           "longformer", "bigbird", "mega"],
+                                "lengths": [1024, 4096, 16384, 65536], "modes": ["fwd", "fwd_bwd", "step"],
                                 "device": "cuda", "dtype": "bfloat16", "d_model": 256, "batch": 4, "repeats": 5}),
-            StudySpec("state_recall", {"mixers": ("attention", "mamba", "retnet", "s4d", "hyena", "mega"),
-                                       "widths": (32, 64, 128, 256), "steps": 2000, "batch_size": 64,
+            StudySpec("state_recall", {"mixers": ["attention", "mamba", "retnet", "s4d", "hyena", "mega"],
+                                       "widths": [32, 64, 128, 256], "steps": 2000, "batch_size": 64,
                                        "device": "cuda"}),
-            StudySpec("train_short_test_long", {"train_len": 64, "multiples": (1, 2, 4, 8, 16), "steps": 2000,
+            StudySpec("train_short_test_long", {"train_len": 64, "multiples": [1, 2, 4, 8, 16], "steps": 2000,
                                                 "d_model": 64, "layers": 2}),
-            StudySpec("niah", {"lengths": (1024, 2048, 4096, 8192), "depths": tuple(i / 10 for i in range(11))}),
+            StudySpec("niah", {"lengths": [1024, 2048, 4096, 8192], "depths": [i / 10 for i in range(11)]}),
         ),
     )
