@@ -6,6 +6,7 @@ import json
 import math
 
 import pytest
+import torch
 
 from longarena.arena import studies
 from longarena.arena.studies import run_study
@@ -78,6 +79,28 @@ def test_niah_study_names_the_model_it_measured(tmp_path):
     assert data["matrix"]["lengths"] == [400] and data["matrix"]["depths"] == [0.0, 1.0]
     assert len(data["cells"]) == 2 and all(0.0 <= c["score"] <= 1.0 for c in data["cells"])
     assert "tiny untrained LongArena byte LM" in result.markdown and "tiny" in result.title
+
+
+def test_niah_device_is_checked_and_the_model_moved_there(tmp_path, monkeypatch):
+    from longarena.arena.study_kinds import niah
+
+    moved = []
+    real = niah.load_model
+
+    def spy(c):
+        adapter, note = real(c)
+        original = adapter.model.to
+        adapter.model.to = lambda device: moved.append(device) or original(device)
+        return adapter, note
+
+    monkeypatch.setattr(niah, "load_model", spy)
+    result = run_study("niah", {"model": "tiny", "lengths": [400], "depths": [0.5], "device": "cpu"}, tmp_path)
+    assert _ok(result, tmp_path) and moved == ["cpu"]
+    bad = run_study("niah", {"model": "tiny", "lengths": [400], "depths": [0.5], "device": "tpu"}, tmp_path / "bad")
+    assert bad.error is not None and "device must be 'cpu' or 'cuda'" in bad.error
+    if not torch.cuda.is_available():
+        gpu = run_study("niah", {"model": "tiny", "lengths": [400], "depths": [0.5], "device": "cuda"}, tmp_path / "gpu")
+        assert gpu.error is not None and "no CUDA GPU" in gpu.error
 
 
 def test_niah_without_smollm2_falls_back_only_when_allowed_and_says_so(tmp_path, monkeypatch):

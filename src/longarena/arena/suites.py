@@ -351,6 +351,7 @@ def _full() -> Suite:
                                        "device": "cuda"}),
             StudySpec("train_short_test_long", {"train_len": 64, "multiples": [1, 2, 4, 8, 16], "steps": 2000,
                                                 "d_model": 64, "layers": 2}),
-            StudySpec("niah", {"lengths": [1024, 2048, 4096, 8192], "depths": [i / 10 for i in range(11)]}),
+            StudySpec("niah", {"lengths": [1024, 2048, 4096, 8192], "depths": [i / 10 for i in range(11)],
+                               "device": "cuda"}),
         ),
     )

@@ -21,6 +21,7 @@ safetensors cache exists; the first load dequantizes the GGUF, ~30-60 s more):
 - ``samples`` 1, ``seed`` 0, ``filler`` "prose"
 - ``tiny`` {"d_model": 32, "n_layers": 1}: the fallback model's ``ModelConfig`` fields
 - ``threads`` None: torch CPU threads during the study (None: leave as is; 1 is often faster on a busy CPU)
+- ``device`` "cpu": where the model runs ("cuda" on a GPU machine: the ``full`` suite)
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ class NiahStudyConfig(Config):
     filler: str = "prose"
     tiny: dict[str, Any] = dataclasses.field(default_factory=lambda: {"d_model": 32, "n_layers": 1})
     threads: int | None = None
+    device: str = "cpu"
 
     def validate(self) -> None:
         self.lengths, self.depths = tuple(self.lengths), tuple(self.depths)
@@ -60,6 +62,10 @@ class NiahStudyConfig(Config):
             raise ConfigError(f"model must be 'smollm2' or 'tiny', got {self.model!r}")
         if self.fallback not in ("tiny", "none"):
             raise ConfigError(f"fallback must be 'tiny' or 'none', got {self.fallback!r}")
+        if self.device.split(":")[0] not in ("cpu", "cuda"):
+            raise ConfigError(f"device must be 'cpu' or 'cuda' (or 'cuda:N'), got {self.device!r}")
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise ConfigError(f"device {self.device!r} asked for, but torch sees no CUDA GPU here; use device='cpu'")
 
     def grid(self):
         from longarena.evals.niah import GridConfig
@@ -102,6 +108,7 @@ def study(config: dict[str, Any], out_dir: Path, progress: bool) -> StudyResult:
     c = NiahStudyConfig.from_dict(config)
     grid = c.grid()
     adapter, note = load_model(c)
+    adapter.model.to(c.device)
     if c.model == "smollm2" and adapter.name.startswith(TINY_NAME):
         # the lengths were chosen in SmolLM2 tokens; the same text is ~4 bytes a token
         grid = dataclasses.replace(grid, lengths=tuple(BYTES_PER_TOKEN * n for n in grid.lengths))
