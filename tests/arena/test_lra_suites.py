@@ -58,7 +58,7 @@ def test_lra_and_full_suites_check_their_names_and_study_configs():
     assert "Skipped" in lra.description or all(c.task not in ("lra_text",) for c in lra.cells)
     assert {c.task for c in lra.cells} <= {c.task for c in full.cells}
     assert {s.kind for s in full.studies} == {"bench", "state_recall", "train_short_test_long", "niah"}
-    assert set(s.kind for s in full.studies) <= set(studies.names())
+    assert {s.kind for s in full.studies} <= set(studies.names())
     # every study's settings are known keys of its config (a typo would only fail on the GPU)
     from longarena.arena.bench import BenchConfig
     from longarena.arena.study_kinds.niah import NiahStudyConfig
