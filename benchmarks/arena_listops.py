@@ -41,6 +41,7 @@ import torch
 from longarena.arena.runner import run_cell
 from longarena.arena.suites import get_suite
 from longarena.tasks import listops
+from longarena.train.configfile import parse_sets
 
 
 def bag_counts(split) -> tuple[torch.Tensor, torch.Tensor]:
@@ -89,17 +90,6 @@ def bag_ceiling(validation, *, draws: int, seed: int = 0) -> float:
     return sum(shares) / len(shares)
 
 
-def _pair(text: str) -> tuple[str, object]:
-    """``key=value`` with the value read as JSON where it parses (numbers, true/false), else a string."""
-    key, sep, raw = text.partition("=")
-    if not sep:
-        raise SystemExit(f"expected KEY=VALUE, got {text!r}")
-    try:
-        return key, json.loads(raw)
-    except json.JSONDecodeError:
-        return key, raw
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--mixers", default="", help="comma-separated mixers to train like the arena cell")
@@ -121,14 +111,12 @@ def main() -> None:
     cell = next(c for c in get_suite("quick").cells if c.task == "listops")
     from longarena import tasks
 
-    cell = cell.replace(task_config={**cell.task_config, **dict(_pair(kv) for kv in args.task_config)})
+    cell = cell.replace(task_config={**cell.task_config, **parse_sets(args.task_config)})
     overrides = {k: dict(v) for k, v in cell.mixer_overrides.items()}
-    for kv in args.mixer_config:
-        key, value = _pair(kv)
-        mixer, _, field = key.partition(".")
-        if not field:
-            parser.error(f"--mixer-config takes MIXER.KEY=VALUE, got {kv!r}")
-        overrides.setdefault(mixer, {})[field] = value
+    for mixer, fields in parse_sets(args.mixer_config).items():
+        if not isinstance(fields, dict):
+            parser.error(f"--mixer-config takes MIXER.KEY=VALUE, got {mixer}={fields!r}")
+        overrides.setdefault(mixer, {}).update(fields)
     cell = cell.replace(mixer_overrides=overrides)
 
     task = tasks.get(cell.task, **cell.task_config)
