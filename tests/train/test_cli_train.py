@@ -146,15 +146,29 @@ def test_bad_input_is_explained(tmp_path):
     assert missing.exit_code == 2 and "nothing to resume" in missing.output
 
 
+def _torchrun(*args: str, env: dict[str, str] | None = None, **popen) -> subprocess.Popen:
+    """``longarena train`` on two CPU processes (gloo); --standalone picks a free port."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", "longarena.cli", "train", *args]
+    return subprocess.Popen(command, env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}, **popen)
+
+
+def _run_two(*args: str, env: dict[str, str] | None = None) -> None:
+    proc = _torchrun(*args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        output, _ = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both training processes
+        raise
+    assert proc.returncode == 0, output.decode()[-4000:]
+
+
 @pytest.mark.slow
 def test_two_processes_match_one(tmp_path):
     """torchrun with two CPU processes (gloo): each takes half of every batch; same losses."""
     config = tmp_path / "run.yaml"
     config.write_text(RUN_YAML.replace("STEPS", "30"))
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
-    subprocess.run([*torchrun, "-m", "longarena.cli", "train", "--config", str(config), "--out", str(tmp_path / "two")],
-                   env=env, check=True, capture_output=True, timeout=300)
+    _run_two("--config", str(config), "--out", str(tmp_path / "two"))
     assert json.loads((tmp_path / "two" / "checkpoint" / "state.json").read_text())["processes"] == 2
     one = _train("--config", str(config), "--out", str(tmp_path / "one"))
     assert one.exit_code == 0, one.output

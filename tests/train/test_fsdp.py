@@ -9,7 +9,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from longarena.train import TrainConfig, fit, model_for_task
 from longarena.train import checkpoint as train_checkpoint
 from longarena.train.checkpoint import ResumeError
 from longarena.train.trainer import _autocast_forward, fsdp_plugin, make_accelerator, uses_fsdp
-from tests.train.test_cli_train import RUN_YAML, _metrics, _train
+from tests.train.test_cli_train import RUN_YAML, _metrics, _run_two, _torchrun, _train
 
 LAUNCHER_ENV = {  # what `accelerate launch --use_fsdp --fsdp_version 1 ...` exports
     "ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "1", "FSDP_AUTO_WRAP_POLICY": "SIZE_BASED_WRAP",
@@ -41,23 +40,6 @@ def _config(tmp_path: Path, steps: int) -> Path:
     path = tmp_path / "run.yaml"
     path.write_text(RUN_YAML.replace("STEPS", str(steps)))
     return path
-
-
-def _torchrun(*args: str, env: dict[str, str] | None = None, **popen) -> subprocess.Popen:
-    """``longarena train`` on two CPU processes (gloo); --standalone picks a free port."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "-m", "longarena.cli", "train", *args]
-    return subprocess.Popen(command, env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}, **popen)
-
-
-def _run_two(*args: str, env: dict[str, str] | None = None) -> None:
-    proc = _torchrun(*args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        output, _ = proc.communicate(timeout=300)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both training processes
-        raise
-    assert proc.returncode == 0, output.decode()[-4000:]
 
 
 def _cut_back(run: Path, step: int) -> None:
