@@ -88,7 +88,10 @@ def run(raw: dict[str, Any], *, out: Path | None, resume: bool, tensorboard: boo
         progress=True, description=description, tensorboard=tensorboard, console=console,
     )
     if torch.distributed.is_available() and torch.distributed.is_initialized():
-        # a launched run ends its process group itself (NCCL warns of leaked resources otherwise)
+        # a launched run ends its process group itself (NCCL warns of leaked resources otherwise),
+        # once every process is done with it: a process that tore gloo down while another still
+        # had work in flight was aborted ("terminate called without an active exception")
+        torch.distributed.barrier()
         torch.distributed.destroy_process_group()
     return resolved, result
 
