@@ -187,3 +187,124 @@ def test_last_pooling_reads_each_rows_last_real_token():
 def test_unknown_pooling_is_refused_naming_the_choices():
     with pytest.raises(ConfigError, match="'mean', 'first', 'last'"):
         models.get("classifier", vocab_size=8, d_model=16, n_layers=1, pooling="max")
+
+
+def _paper_block_classifier(**overrides):
+    config = dict(vocab_size=8, d_model=16, n_layers=1, num_classes=3, norm="batch", prenorm=False, mlp=False,
+                  mixer={"attention": {"n_heads": 2, "causal": False}})
+    config.update(overrides)
+    torch.manual_seed(0)
+    return models.get("classifier", **config)
+
+
+def test_postnorm_batchnorm_block_is_norm_of_the_residual_sum_over_real_tokens():
+    """norm="batch", prenorm=False, mlp=False: one layer is BN(x + mixer(x)) with the batch
+    statistics of the real tokens; recomputed here from the mixer and the BN parameters."""
+    model = _paper_block_classifier()
+    bn = model.encoder.backbone.layers[0].norm1
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 1.5)
+        bn.bias.uniform_(-0.5, 0.5)
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(1, 8, (3, 9), generator=g)
+    mask = torch.ones(3, 9, dtype=torch.bool)
+    mask[1, 5:] = False
+    mask[2, 2:] = False
+    logits = model(ids, attention_mask=mask).logits
+    with torch.no_grad():
+        x = model.encoder.embed(ids)
+        y, _ = model.encoder.backbone.layers[0].mixer(x, mask=mask)
+        z = x + y
+        real = z[mask]
+        mean, var = real.mean(0), real.var(0, unbiased=False)
+        h = (z - mean) / torch.sqrt(var + bn.eps) * bn.weight + bn.bias
+        m = mask[..., None].float()
+        pooled = (h * m).sum(1) / m.sum(1)
+        want = model.head(pooled)
+    torch.testing.assert_close(logits, want, atol=1e-5, rtol=1e-5)
+    assert not hasattr(model.encoder.backbone.layers[0], "mlp") or model.encoder.backbone.layers[0].mlp is None
+    assert not any("mlp" in k for k in model.state_dict())
+    assert isinstance(model.encoder.backbone.norm, torch.nn.Identity)  # post-norm: no final norm
+
+
+def test_batchnorm_statistics_ignore_padding():
+    """Whatever sits in the padded positions, the real positions' outputs (training mode,
+    batch statistics) and the running statistics are the same."""
+    g = torch.Generator().manual_seed(2)
+    ids = torch.randint(1, 8, (4, 10), generator=g)
+    mask = torch.ones(4, 10, dtype=torch.bool)
+    mask[0, 4:] = False
+    mask[3, 7:] = False
+    other = ids.clone()
+    other[~mask] = torch.randint(1, 8, (int((~mask).sum()),), generator=g)
+    outs, stats = [], []
+    for batch in (ids, other):
+        model = _paper_block_classifier(prenorm=True, mlp=True, n_layers=2)
+        outs.append(model(batch, attention_mask=mask).logits)
+        bn = model.encoder.backbone.layers[0].norm1
+        stats.append((bn.running_mean.clone(), bn.running_var.clone()))
+    torch.testing.assert_close(outs[0], outs[1])
+    torch.testing.assert_close(stats[0], stats[1])
+    assert not torch.allclose(stats[0][0], torch.zeros_like(stats[0][0]))  # the statistics moved
+
+
+@pytest.mark.parametrize("norm", ["rms", "batch"])
+def test_postnorm_lm_generates_with_cache_as_full_recomputation(norm):
+    model = tiny_lm(prenorm=False, norm=norm, mlp=norm == "rms").eval()
+    prompt = torch.randint(0, 32, (3, 6), generator=torch.Generator().manual_seed(4))
+    fast = model.generate(prompt, 8)
+    ids = prompt
+    with torch.no_grad():
+        for _ in range(8):
+            ids = torch.cat([ids, model(ids).logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+    assert torch.equal(fast, ids)
+
+
+def test_s4d_paper_block_classifier_learns_a_toy_task():
+    """S4's LRA block (post-norm BatchNorm, GLU output, no MLP): whether token 1 occurs."""
+    torch.manual_seed(0)
+    model = models.get("classifier", vocab_size=4, d_model=32, n_layers=2, num_classes=2, pattern=("s4d",),
+                       norm="batch", prenorm=False, mlp=False,
+                       mixer={"s4d": {"causal": False, "output": "glu", "d_state": 8}})
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(2, 4, (256, 12), generator=g)
+    has = torch.rand(256, generator=g) < 0.5
+    ids[has, torch.randint(0, 12, (int(has.sum()),), generator=g)] = 1
+    labels = has.long()
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(150):
+        loss = model(ids, labels=labels).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    acc = (model(ids).logits.argmax(-1) == labels).float().mean().item()
+    assert acc > 0.95
+
+
+def test_scalar_input_encoding_reads_ids_as_intensities():
+    """input_encoding="scalar": id v -> proj(2v/(V-1) - 1); so embed(V-1) - embed(0) is twice
+    the projection's weight and the map is affine in v."""
+    torch.manual_seed(0)
+    model = models.get("classifier", vocab_size=256, d_model=8, n_layers=1, num_classes=2, input_encoding="scalar",
+                       mixer={"attention": {"n_heads": 2, "causal": False}})
+    embed = model.encoder.embed
+    with torch.no_grad():
+        e = embed(torch.tensor([[0, 255, 51, 204]]))[0]
+        w, b = embed.proj.weight[:, 0], embed.proj.bias
+    torch.testing.assert_close(e[0], b - w)
+    torch.testing.assert_close(e[1], b + w)
+    torch.testing.assert_close(e[2], b + w * (2 * 51 / 255 - 1))
+    torch.testing.assert_close(e[2] + e[3], e[0] + e[1])  # 51 + 204 = 0 + 255
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        model(torch.tensor([[256]]))
+
+
+@pytest.mark.parametrize(
+    "field, value, match",
+    [("norm", "layer", "'rms', 'batch'"), ("prenorm", "yes", "prenorm must be true or false"),
+     ("mlp", 0, "mlp must be true or false"), ("input_encoding", "onehot", "'embedding', 'scalar'")],
+)
+def test_block_options_refuse_bad_values_naming_the_choices(field, value, match):
+    with pytest.raises(ConfigError, match=match):
+        models.get("classifier", vocab_size=8, d_model=16, n_layers=1, **{field: value})

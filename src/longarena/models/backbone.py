@@ -4,6 +4,12 @@ A backbone is a stack of pre-norm residual blocks ``x + mixer(norm(x))`` then
 ``x + mlp(norm(x))`` (SwiGLU MLP, RMSNorm), one mixer per layer chosen by a pattern of
 mixer names, so hybrids such as ``["mamba", "mamba", "attention"]`` are one config line.
 The state of a backbone is the list of its layers' mixer states.
+
+Three fields give the other block shapes of the literature: ``prenorm=False`` puts the norm
+after the residual sum, ``norm(x + mixer(x))`` (S4's ListOps model); ``norm="batch"`` is
+BatchNorm over the batch's real tokens (padding neither enters nor receives statistics),
+the S4 papers' LRA norm; ``mlp=False`` drops the MLP, leaving the mixer alone in each block
+(S4's LRA blocks, whose layer ends in its own output map).
 """
 
 from __future__ import annotations
@@ -19,6 +25,33 @@ from longarena import mixers
 from longarena.config import Config, ConfigError
 from longarena.models import register
 from longarena.tasks.base import IGNORE
+
+
+NORMS = ("rms", "batch")
+
+
+class MaskedBatchNorm(nn.BatchNorm1d):
+    """BatchNorm over the feature axis of ``(B, T, D)`` or ``(B, D)``, statistics over the
+    positions where ``mask`` is True only; masked-out positions pass through unchanged."""
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:  # type: ignore[override]
+        if x.dim() == 2:
+            return super().forward(x).to(x.dtype)
+        if mask is None:
+            return super().forward(x.reshape(-1, x.shape[-1])).to(x.dtype).view_as(x)
+        out = x.clone()
+        out[mask] = super().forward(x[mask]).to(x.dtype)
+        return out
+
+
+def make_norm(config: "ModelConfig") -> nn.Module:
+    if config.norm == "batch":
+        return MaskedBatchNorm(config.d_model, eps=config.norm_eps)
+    return nn.RMSNorm(config.d_model, eps=config.norm_eps)
+
+
+def apply_norm(norm: nn.Module, x: Tensor, mask: Tensor | None = None) -> Tensor:
+    return norm(x, mask) if isinstance(norm, MaskedBatchNorm) else norm(x)
 
 
 @dataclasses.dataclass
@@ -39,8 +72,19 @@ class ModelConfig(Config):
     norm_eps: float = 1e-5
     tie_embeddings: bool = True
     dropout: float = 0.0
+    #: "rms" (RMSNorm) or "batch" (BatchNorm over the real tokens of the batch)
+    norm: str = "rms"
+    #: True: ``x + f(norm(x))``; False: ``norm(x + f(x))`` (post-norm, no final norm)
+    prenorm: bool = True
+    #: False: no MLP after the mixer (each block is ``mixer`` and its residual alone)
+    mlp: bool = True
 
     def validate(self) -> None:
+        if self.norm not in NORMS:
+            raise ConfigError(f"norm must be one of {', '.join(map(repr, NORMS))}, got {self.norm!r}")
+        for name in ("prenorm", "mlp"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if isinstance(self.pattern, str):
             self.pattern = (self.pattern,)
         self.pattern = tuple(self.pattern)
@@ -83,25 +127,39 @@ class SwiGLU(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm residual block: mixer then SwiGLU MLP."""
+    """Residual block: mixer then SwiGLU MLP (optional), pre- or post-norm."""
 
     def __init__(self, mixer: mixers.Mixer, config: ModelConfig) -> None:
         super().__init__()
-        self.norm1 = nn.RMSNorm(config.d_model, eps=config.norm_eps)
+        self.prenorm = config.prenorm
+        self.norm1 = make_norm(config)
         self.mixer = mixer
-        self.norm2 = nn.RMSNorm(config.d_model, eps=config.norm_eps)
-        self.mlp = SwiGLU(config.d_model, config.hidden_width())
+        if config.mlp:
+            self.norm2 = make_norm(config)
+            self.mlp = SwiGLU(config.d_model, config.hidden_width())
+        else:
+            self.norm2 = self.mlp = None
         self.dropout = nn.Dropout(config.dropout)
 
+    def _residual(self, x: Tensor, f, norm: nn.Module, mask: Tensor | None) -> tuple[Tensor, Any]:
+        """``x + f(norm(x))`` (pre-norm) or ``norm(x + f(x))``; ``f`` returns (y, extra)."""
+        if self.prenorm:
+            y, extra = f(apply_norm(norm, x, mask))
+            return x + self.dropout(y), extra
+        y, extra = f(x)
+        return apply_norm(norm, x + self.dropout(y), mask), extra
+
     def forward(self, x: Tensor, state: Any = None, mask: Tensor | None = None) -> tuple[Tensor, Any]:
-        y, state = self.mixer(self.norm1(x), state=state, mask=mask)
-        x = x + self.dropout(y)
-        return x + self.dropout(self.mlp(self.norm2(x))), state
+        x, state = self._residual(x, lambda h: self.mixer(h, state=state, mask=mask), self.norm1, mask)
+        if self.mlp is not None:
+            x, _ = self._residual(x, lambda h: (self.mlp(h), None), self.norm2, mask)
+        return x, state
 
     def step(self, x_t: Tensor, state: Any) -> tuple[Tensor, Any]:
-        y, state = self.mixer.step(self.norm1(x_t), state)
-        x_t = x_t + y
-        return x_t + self.mlp(self.norm2(x_t)), state
+        x_t, state = self._residual(x_t, lambda h: self.mixer.step(h, state), self.norm1, None)
+        if self.mlp is not None:
+            x_t, _ = self._residual(x_t, lambda h: (self.mlp(h), None), self.norm2, None)
+        return x_t, state
 
 
 class Backbone(nn.Module):
@@ -114,7 +172,8 @@ class Backbone(nn.Module):
             Block(mixers.get(name, config.d_model, **config.mixer.get(name, {})), config)
             for name in config.layer_mixers()
         )
-        self.norm = nn.RMSNorm(config.d_model, eps=config.norm_eps)
+        # post-norm blocks end normalised already
+        self.norm = make_norm(config) if config.prenorm else nn.Identity()
 
     @property
     def causal(self) -> bool:
@@ -131,7 +190,7 @@ class Backbone(nn.Module):
         for i, layer in enumerate(self.layers):
             x, s = layer(x, None if state is None else state[i], mask)
             states.append(s)
-        return self.norm(x), states
+        return apply_norm(self.norm, x, mask), states
 
     def step(self, x_t: Tensor, state: list[Any]) -> tuple[Tensor, list[Any]]:
         states = []
@@ -243,6 +302,22 @@ class LanguageModel(nn.Module):
 
 
 POOLINGS = ("mean", "first", "last")
+INPUT_ENCODINGS = ("embedding", "scalar")
+
+
+class ScalarEmbedding(nn.Module):
+    """Token id ``v`` read as the number ``2 v / (vocab_size - 1) - 1`` in [-1, 1] and mapped
+    to ``d_model`` by a linear layer: a grey level as an intensity, not a symbol (S4's LRA
+    image and Pathfinder inputs: pixels normalised to [-1, 1], a linear encoder)."""
+
+    def __init__(self, vocab_size: int, d_model: int) -> None:
+        super().__init__()
+        self.vocab_size = vocab_size
+        self.proj = nn.Linear(1, d_model)
+
+    def forward(self, input_ids: Tensor) -> Tensor:
+        value = input_ids.to(self.proj.weight.dtype) * (2.0 / max(self.vocab_size - 1, 1)) - 1.0
+        return self.proj(value[..., None])
 
 
 @dataclasses.dataclass
@@ -252,9 +327,16 @@ class ClassifierConfig(ModelConfig):
     #: token: with a two-sided mixer its forward half has read the whole sequence; S4's
     #: published Pathfinder models read out this way)
     pooling: str = "mean"
+    #: "embedding" (a learned vector per token id) or "scalar" (the id as an intensity in
+    #: [-1, 1] through a linear layer: for pixel tasks, as S4 reads LRA images)
+    input_encoding: str = "embedding"
 
     def validate(self) -> None:
         super().validate()
+        if self.input_encoding not in INPUT_ENCODINGS:
+            raise ConfigError(
+                f"input_encoding must be one of {', '.join(map(repr, INPUT_ENCODINGS))}, got {self.input_encoding!r}"
+            )
         if self.num_classes < 2:
             raise ConfigError(f"num_classes must be >= 2, got {self.num_classes}")
         if self.pooling not in POOLINGS:
@@ -267,7 +349,10 @@ class _Encoder(nn.Module):
     def __init__(self, config: ClassifierConfig) -> None:
         super().__init__()
         self.config = config
-        self.embed = nn.Embedding(config.vocab_size, config.d_model)
+        if config.input_encoding == "scalar":
+            self.embed: nn.Module = ScalarEmbedding(config.vocab_size, config.d_model)
+        else:
+            self.embed = nn.Embedding(config.vocab_size, config.d_model)
         self.backbone = Backbone(config)
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None, name: str = "input_ids") -> Tensor:
