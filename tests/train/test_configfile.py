@@ -56,6 +56,7 @@ def test_changing_the_task_or_pattern_drops_settings_that_no_longer_apply():
         ({"model": {"pattern": ["mambo"]}}, r"model: unknown mixer 'mambo'.*known mixers"),
         ({"model": {"vocab_size": 10}}, r"model\.vocab_size: set by the task"),
         ({"model": {"pooling": "first"}}, r"model\.pooling: associative_recall is a language-modelling task"),
+        ({"model": {"input_encoding": "scalar"}}, r"model\.input_encoding: associative_recall is a language-modelling task"),
         ({"task": "listopz"}, r"task: unknown task 'listopz'; known tasks: .*listops"),
         ({"trian": {}}, r"trian: unknown section; known: task, task_config, model, train"),
     ],
@@ -87,3 +88,16 @@ def test_resume_conflicts_are_the_keys_that_change_the_model_or_data():
     assert configfile.changed_keys(saved, same_shape) == ["train.lr", "train.steps"]
     other = _resolve(model={"d_model": 32}, train={"batch_size": 8}, task_config={"num_pairs": 3}).raw
     assert configfile.resume_conflicts(saved, other) == ["model.d_model", "task_config.num_pairs", "train.batch_size"]
+
+
+def test_a_run_saved_before_a_model_field_existed_resumes_when_the_field_keeps_its_default():
+    """config.json of an older version lacks model fields added since (norm, prenorm, mlp):
+    their defaults rebuild that model, so only a non-default value is a conflict."""
+    new = _resolve(train={"steps": 10}).raw
+    saved = json.loads(json.dumps(new))
+    for key in ("norm", "prenorm", "mlp"):
+        del saved["model"][key]
+    assert configfile.resume_conflicts(saved, new) == []
+    assert configfile.changed_keys(saved, new) == []
+    batch_norm = _resolve(model={"norm": "batch"}, train={"steps": 10}).raw
+    assert configfile.resume_conflicts(saved, batch_norm) == ["model.norm"]

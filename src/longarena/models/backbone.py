@@ -343,6 +343,12 @@ class ClassifierConfig(ModelConfig):
             raise ConfigError(f"pooling must be one of {', '.join(map(repr, POOLINGS))}, got {self.pooling!r}")
 
 
+#: the fields a classifier adds to the backbone's (a language model has none of them)
+CLASSIFIER_ONLY = tuple(
+    f.name for f in dataclasses.fields(ClassifierConfig) if f.name not in {g.name for g in dataclasses.fields(ModelConfig)}
+)
+
+
 class _Encoder(nn.Module):
     """Embedding + backbone + pooling: (B, T) ids -> (B, D)."""
 

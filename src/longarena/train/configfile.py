@@ -26,7 +26,7 @@ from typing import Any
 
 from longarena import mixers, tasks
 from longarena.config import ConfigError, read_mapping_file
-from longarena.models.backbone import ClassifierConfig
+from longarena.models.backbone import CLASSIFIER_ONLY, ClassifierConfig
 from longarena.train.loop import TrainConfig
 
 #: bump when the run folder layout changes; resuming a folder of another version is refused
@@ -239,8 +239,9 @@ def resolve(raw: dict[str, Any]) -> ResolvedRun:
         train_config = TrainConfig.from_dict(train)
     except ConfigError as exc:
         raise ConfigError(f"train: {exc}") from exc
-    if task.kind == "lm" and "pooling" in model:
-        raise ConfigError(f"model.pooling: {task_name} is a language-modelling task; pooling is for classifiers")
+    for key in CLASSIFIER_ONLY:
+        if task.kind == "lm" and key in model:
+            raise ConfigError(f"model.{key}: {task_name} is a language-modelling task; {key} is for classifiers")
     try:
         built = ClassifierConfig.from_dict({**model, "vocab_size": task.vocab_size, "num_classes": task.num_classes or 2})
     except ConfigError as exc:
@@ -249,7 +250,8 @@ def resolve(raw: dict[str, Any]) -> ResolvedRun:
     # cannot silently alter a resumed run
     model = {k: v for k, v in built.to_dict().items() if k not in TASK_OWNED}
     if task.kind == "lm":
-        model.pop("pooling")
+        for key in CLASSIFIER_ONLY:
+            model.pop(key, None)
     clean = {"task": task_name, "task_config": task.config.to_dict(), "model": model, "train": train_config.to_dict()}
     return ResolvedRun(raw=clean, task=task, model=model, train=train_config)
 
@@ -263,10 +265,22 @@ def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def _saved_with_defaults(saved: dict[str, Any], new_flat: dict[str, Any]) -> dict[str, Any]:
+    """``saved`` flattened, where a model field added after the run was saved (absent from
+    it) reads as its default: the run was built with the behaviour that default keeps."""
+    a = _flatten(saved)
+    for field in dataclasses.fields(ClassifierConfig):
+        key = f"model.{field.name}"
+        if key not in a and key in new_flat and field.default is not dataclasses.MISSING:
+            a[key] = field.default
+    return a
+
+
 def resume_conflicts(saved: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """Keys (dotted paths) whose change makes resuming meaningless: the task and its data,
     the model's shape and mixers, and the batch size and seed that fix the data order."""
-    a, b = _flatten(saved), _flatten(new)
+    b = _flatten(new)
+    a = _saved_with_defaults(saved, b)
     keys = sorted(set(a) | set(b))
     watched = [k for k in keys if k == "task" or k.startswith(("task_config.", "model."))]
     watched += [f"train.{k}" for k in RESUME_TRAIN_KEYS]
@@ -274,5 +288,6 @@ def resume_conflicts(saved: dict[str, Any], new: dict[str, Any]) -> list[str]:
 
 
 def changed_keys(saved: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    a, b = _flatten(saved), _flatten(new)
+    b = _flatten(new)
+    a = _saved_with_defaults(saved, b)
     return [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]

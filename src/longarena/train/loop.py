@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from longarena import models
 from longarena.config import Config, ConfigError
-from longarena.models.backbone import ClassifierConfig, ModelConfig
+from longarena.models.backbone import CLASSIFIER_ONLY, ClassifierConfig, ModelConfig
 from longarena.tasks.base import IGNORE, Task
 
 PRECISIONS = ("fp32", "bf16")
@@ -110,7 +110,7 @@ def model_for_task(task: Task, model: ModelConfig | dict[str, Any]) -> nn.Module
     fields = model.to_dict() if isinstance(model, ModelConfig) else dict(model)
     fields["vocab_size"] = task.vocab_size
     if task.kind == "lm":
-        for key in ("num_classes", "pooling"):
+        for key in CLASSIFIER_ONLY:
             fields.pop(key, None)
         return models.get("lm", config=ModelConfig.from_dict(fields))
     fields["num_classes"] = task.num_classes
