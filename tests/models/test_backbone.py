@@ -308,3 +308,26 @@ def test_scalar_input_encoding_reads_ids_as_intensities():
 def test_block_options_refuse_bad_values_naming_the_choices(field, value, match):
     with pytest.raises(ConfigError, match=match):
         models.get("classifier", vocab_size=8, d_model=16, n_layers=1, **{field: value})
+
+
+def test_masked_batchnorm_without_padding_is_torch_batchnorm():
+    """With every position real, the masked statistics path gives BatchNorm1d's outputs and
+    running statistics (the weighted-sum path against torch's own kernel)."""
+    from longarena.models.backbone import MaskedBatchNorm
+
+    torch.manual_seed(0)
+    ours, ref = MaskedBatchNorm(6), torch.nn.BatchNorm1d(6)
+    with torch.no_grad():
+        for bn in (ours, ref):
+            bn.weight.copy_(torch.linspace(0.5, 1.5, 6))
+            bn.bias.copy_(torch.linspace(-1, 1, 6))
+    x = torch.randn(3, 7, 6) * 2 + 1
+    full = torch.ones(3, 7, dtype=torch.bool)
+    for _ in range(2):
+        out = ours(x, full)
+        want = ref(x.reshape(-1, 6)).view_as(x)
+    torch.testing.assert_close(out, want)
+    torch.testing.assert_close(ours.running_mean, ref.running_mean)
+    torch.testing.assert_close(ours.running_var, ref.running_var)
+    ours.eval(), ref.eval()
+    torch.testing.assert_close(ours(x, full), ref(x.reshape(-1, 6)).view_as(x))

@@ -45,6 +45,9 @@ def test_s4_presets_follow_the_published_configs():
     m = listops["model"]
     assert (m["n_layers"], m["d_model"], m["dropout"], m["pooling"]) == (8, 128, 0.0, "mean")
     assert m["mixer"]["s4"]["d_state"] == 64 and m["mixer"]["s4"]["causal"] is False
+    # the block: post-norm BatchNorm ("prenorm: false, norm: batch"), GLU after the SSM
+    # ("postact: glu"), and the S4 layer alone (the S4 model has no MLP)
+    assert (m["norm"], m["prenorm"], m["mlp"], m["mixer"]["s4"]["output"]) == ("batch", False, False, "glu")
     t = listops["train"]
     assert (t["lr"], t["batch_size"], t["weight_decay"], t["steps"], t["warmup"]) == (0.01, 50, 0.05, 40 * 96_000 // 50, 1000)
     # s4-lra-pathfinder.yaml: 6 layers x 256, d_state 64, lr 0.004, batch 64, weight decay 0.03,
@@ -53,6 +56,9 @@ def test_s4_presets_follow_the_published_configs():
     m = path["model"]
     assert (m["n_layers"], m["d_model"], m["dropout"], m["pooling"]) == (6, 256, 0.0, "last")
     assert m["mixer"]["s4"]["d_state"] == 64
+    # "prenorm: true, norm: batch, final_act: glu"; pixels as intensities (tokenize: false)
+    assert (m["norm"], m["prenorm"], m["mlp"], m["mixer"]["s4"]["output"]) == ("batch", True, False, "glu")
+    assert m["input_encoding"] == "scalar"
     t = path["train"]
     assert (t["lr"], t["batch_size"], t["weight_decay"], t["steps"], t["warmup"]) == (0.004, 64, 0.03, 200 * 160_000 // 64, 2500)
     assert listops["train"]["ssm_lr"] == path["train"]["ssm_lr"] == 0.001

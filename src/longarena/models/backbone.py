@@ -32,16 +32,32 @@ NORMS = ("rms", "batch")
 
 class MaskedBatchNorm(nn.BatchNorm1d):
     """BatchNorm over the feature axis of ``(B, T, D)`` or ``(B, D)``, statistics over the
-    positions where ``mask`` is True only; masked-out positions pass through unchanged."""
+    positions where ``mask`` is True only; masked-out positions pass through unchanged.
+
+    The masked statistics are weighted sums (no boolean indexing, so no host sync on a GPU);
+    the running statistics are updated as ``nn.BatchNorm1d`` updates them (momentum, the
+    unbiased variance)."""
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:  # type: ignore[override]
         if x.dim() == 2:
             return super().forward(x).to(x.dtype)
-        if mask is None:
+        if mask is None or not self.training:
+            # evaluation normalises each position by the running statistics: padding is inert
             return super().forward(x.reshape(-1, x.shape[-1])).to(x.dtype).view_as(x)
-        out = x.clone()
-        out[mask] = super().forward(x[mask]).to(x.dtype)
-        return out
+        m = mask[..., None].to(torch.float32)
+        xf = x.float()
+        n = m.sum()
+        mean = (xf * m).sum((0, 1)) / n
+        var = ((xf - mean).square() * m).sum((0, 1)) / n
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.running_mean.lerp_(mean, self.momentum)
+                self.running_var.lerp_(var * n / (n - 1).clamp_min(1.0), self.momentum)
+                self.num_batches_tracked += 1
+        y = (xf - mean) * torch.rsqrt(var + self.eps)
+        if self.affine:
+            y = y * self.weight + self.bias
+        return torch.where(mask[..., None], y.to(x.dtype), x)
 
 
 def make_norm(config: "ModelConfig") -> nn.Module:

@@ -106,15 +106,21 @@ SSM_LR = 0.001
 
 #: published S4 settings (state-spaces/s4, configs/experiment/lra/s4-lra-listops.yaml and
 #: s4-lra-pathfinder.yaml, the HTTYH versions): width, depth, state size, batch, learning
-#: rate, weight decay, warm-up, epochs and the read-out (mean pooling on ListOps, the last
-#: position on Pathfinder). ListOps's warm-up is the scheduler file's default, 1000 steps.
+#: rate, weight decay, warm-up, epochs, the read-out (mean pooling on ListOps, the last
+#: position on Pathfinder) and the block: BatchNorm (post-norm on ListOps, pre-norm on
+#: Pathfinder), the layer's GLU output and no MLP; Pathfinder's pixels enter as intensities
+#: through a linear encoder (``tokenize: false`` in the S4 data pipeline). ListOps's
+#: warm-up is the scheduler file's default, 1000 steps.
 S4_PAPER: dict[str, dict[str, Any]] = {
     "listops": {
-        "model": {"d_model": 128, "n_layers": 8, "dropout": 0.0, "pooling": "mean", "mixer": {"s4": {"d_state": 64}}},
+        "model": {"d_model": 128, "n_layers": 8, "dropout": 0.0, "pooling": "mean", "norm": "batch",
+                  "prenorm": False, "mlp": False, "mixer": {"s4": {"d_state": 64, "output": "glu"}}},
         "train": {"batch_size": 50, "lr": 0.01, "weight_decay": 0.05, "epochs": 40, "warmup_steps": 1000},
     },
     "pathfinder32": {
-        "model": {"d_model": 256, "n_layers": 6, "dropout": 0.0, "pooling": "last", "mixer": {"s4": {"d_state": 64}}},
+        "model": {"d_model": 256, "n_layers": 6, "dropout": 0.0, "pooling": "last", "norm": "batch",
+                  "prenorm": True, "mlp": False, "input_encoding": "scalar",
+                  "mixer": {"s4": {"d_state": 64, "output": "glu"}}},
         "train": {"batch_size": 64, "lr": 0.004, "weight_decay": 0.03, "epochs": 200, "warmup_steps": 2500},
     },
 }
