@@ -180,3 +180,46 @@ def test_long_sequences_get_smaller_shards():
     ds = task.split("test")
     assert ds.lengths().tolist() == [2**20, 2**20]
     assert ds.state()["flat"]["input_ids"].dtype == torch.uint8  # stored as bytes
+
+
+_PROGRAM = """
+import torch
+from longarena import tasks
+t = tasks.get("listops", min_length=20, max_length=60, max_depth=5, n_train=12, n_validation=0, n_test=0)
+t.shard_size, t.use_cache = 4, False
+ds = t.split("train", workers=WORKERS)
+print(sum(int(ex["input_ids"].sum()) * (i + 1) for i, ex in enumerate(ds)))
+"""
+
+
+def _run_program(tmp_path, workers: int, how: str):
+    import subprocess
+    import sys
+
+    program = _PROGRAM.replace("WORKERS", str(workers))
+    if how == "stdin":
+        cmd, stdin = [sys.executable, "-"], program
+    else:  # a script file with no `if __name__ == "__main__":` guard
+        path = tmp_path / "unguarded.py"
+        path.write_text(program)
+        cmd, stdin = [sys.executable, str(path)], None
+    out = subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout.strip(), out.stderr
+
+
+def test_workers_start_from_a_program_read_from_stdin(tmp_path):
+    """`python - <<EOF` names its main `<stdin>`, which spawned workers cannot re-run; they
+    start anyway (no fallback to one process) and give the one-process data."""
+    alone, _ = _run_program(tmp_path, 1, "stdin")
+    pooled, err = _run_program(tmp_path, 2, "stdin")
+    assert "worker processes failed" not in err
+    assert pooled == alone
+
+
+def test_an_unguarded_script_falls_back_to_one_process_and_says_how_to_fix_it(tmp_path):
+    alone, _ = _run_program(tmp_path, 1, "file")
+    pooled, err = _run_program(tmp_path, 2, "file")
+    assert pooled == alone
+    assert "worker processes failed" in err and "12 remaining train examples" in err
+    assert 'if __name__ == "__main__":' in err and "longarena data make listops" in err

@@ -16,6 +16,7 @@ expensive task (``parallel = True``) run on all cores. Expensive tasks
 from __future__ import annotations
 
 from concurrent import futures
+import contextlib
 import dataclasses
 import hashlib
 import multiprocessing
@@ -190,6 +191,26 @@ def _generate_shard(
     return task._shard(split, shard, n).state()
 
 
+@contextlib.contextmanager
+def _spawnable_main() -> Iterator[None]:
+    """Let spawned workers start when ``__main__`` is no file they can re-run.
+
+    A spawned process re-runs the parent's ``__main__.__file__``; a program read from stdin
+    (``python - <<EOF``) names ``<stdin>``, which does not exist, and every worker dies.
+    The workers only need this package, so the name is hidden while they start.
+    """
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if main is None or getattr(main, "__spec__", None) is not None or path is None or os.path.isfile(path):
+        yield
+        return
+    del main.__file__
+    try:
+        yield
+    finally:
+        main.__file__ = path
+
+
 def _worker_init() -> None:
     torch.set_num_threads(1)
 
@@ -319,7 +340,7 @@ class Task:
                 config = self.config.to_dict()
                 ctx = multiprocessing.get_context("spawn")  # fork under torch threads can deadlock
                 try:
-                    with futures.ProcessPoolExecutor(
+                    with _spawnable_main(), futures.ProcessPoolExecutor(
                         workers, mp_context=ctx, initializer=_worker_init
                     ) as pool:
                         pending = {
@@ -333,8 +354,12 @@ class Task:
                 except futures.process.BrokenProcessPool as e:
                     # typically a script without `if __name__ == "__main__":`, which spawned
                     # workers re-run; the shards are seeded, so finishing here gives the same data
+                    left = sum(size for i, size in enumerate(sizes) if parts[i] is None)
                     print(
-                        f"longarena: worker processes failed ({e}); generating in this process",
+                        f"longarena: worker processes failed ({e}); generating the {left:,} remaining "
+                        f"{name} examples in this process, one core (slower). Spawned workers re-run your "
+                        "script: guard its top level with `if __name__ == \"__main__\":`, or generate the "
+                        f"data first with `longarena data make {self.registry_name or '<task>'}`",
                         file=sys.stderr,
                     )
                     for i, size in enumerate(sizes):
