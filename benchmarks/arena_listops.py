@@ -10,6 +10,9 @@
         --steps 400 --d-model 64 --layers 2 --batch-size 32 --out /tmp/listops_300.json
     # the same, read out at the first token (the outermost operator): S4 learns
     python benchmarks/arena_listops.py ... (as above) --mixers s4,attention --pooling first
+    # the S4 paper's block (post-norm BatchNorm, GLU output, no MLP)
+    python benchmarks/arena_listops.py ... (as above) --mixers s4 --mixer-config s4.causal=false \
+        s4.kernel=diag s4.output=glu --model-config norm=batch prenorm=false mlp=false
 
 Reads the ListOps cell of the ``quick`` suite (so it always measures the suite's real task;
 ``--task-config`` changes its generator) and reports on its validation split:
@@ -103,6 +106,8 @@ def main() -> None:
     parser.add_argument("--mixer-config", nargs="*", default=[], metavar="MIXER.KEY=VALUE",
                         help="per-mixer config over the cell's (e.g. s4.causal=false)")
     parser.add_argument("--pooling", default=None, choices=("mean", "first", "last"), help="classifier read-out (default: mean)")
+    parser.add_argument("--model-config", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="backbone fields for every mixer (e.g. norm=batch prenorm=false mlp=false)")
     parser.add_argument("--epochs", type=int, default=40, help="bag-of-tokens MLP epochs")
     parser.add_argument("--draws", type=int, default=64, help="digit re-assignments per example for the ceiling")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/arena_listops.json"))
@@ -135,12 +140,15 @@ def main() -> None:
         changes["d_model"] = args.d_model
     if args.layers is not None:
         changes["n_layers"] = args.layers
+    backbone = {**cell.backbone, **parse_sets(args.model_config)}
     if args.pooling is not None:
-        changes["backbone"] = {**cell.backbone, "pooling": args.pooling}
+        backbone["pooling"] = args.pooling
+    if backbone != cell.backbone:
+        changes["backbone"] = backbone
     cell = cell.replace(**changes)
     for name in [n.strip() for n in args.mixers.split(",") if n.strip()]:
         r = run_cell(cell, name, task=task)
-        pooled = f", {cell.backbone['pooling']} pooling" if "pooling" in cell.backbone else ""
+        pooled = "".join(f", {k}={v}" for k, v in cell.backbone.items())
         rows.append((f"{name} (d_model {cell.d_model} x {cell.n_layers}, {cell.train['steps']} steps{pooled})",
                      float("nan") if r.accuracy is None else r.accuracy, r.seconds))
 
