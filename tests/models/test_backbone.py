@@ -248,9 +248,9 @@ def test_batchnorm_statistics_ignore_padding():
     assert not torch.allclose(stats[0][0], torch.zeros_like(stats[0][0]))  # the statistics moved
 
 
-@pytest.mark.parametrize("norm", ["rms", "batch"])
-def test_postnorm_lm_generates_with_cache_as_full_recomputation(norm):
-    model = tiny_lm(prenorm=False, norm=norm, mlp=norm == "rms").eval()
+@pytest.mark.parametrize("mlp", [True, False])
+def test_postnorm_lm_generates_with_cache_as_full_recomputation(mlp):
+    model = tiny_lm(prenorm=False, mlp=mlp).eval()
     prompt = torch.randint(0, 32, (3, 6), generator=torch.Generator().manual_seed(4))
     fast = model.generate(prompt, 8)
     ids = prompt
@@ -258,6 +258,27 @@ def test_postnorm_lm_generates_with_cache_as_full_recomputation(norm):
         for _ in range(8):
             ids = torch.cat([ids, model(ids).logits[:, -1].argmax(-1, keepdim=True)], dim=1)
     assert torch.equal(fast, ids)
+
+
+def test_language_models_refuse_batch_norm():
+    """Training-mode batch statistics span every position: a causal LM would see its future."""
+    with pytest.raises(ConfigError, match="later tokens"):
+        tiny_lm(norm="batch")
+
+
+def test_batchnorm_classifier_evaluates_each_sequence_alone():
+    """In eval mode BatchNorm uses its running statistics: a sequence's logits do not depend
+    on the rest of the batch (they do in training mode)."""
+    model = _paper_block_classifier(n_layers=2)
+    g = torch.Generator().manual_seed(5)
+    ids = torch.randint(1, 8, (4, 9), generator=g)
+    for _ in range(3):
+        model(torch.randint(1, 8, (8, 9), generator=g))  # move the running statistics
+    train_alone, train_batch = model(ids[:1]).logits, model(ids).logits[:1]
+    assert not torch.allclose(train_alone, train_batch)
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids[:1]).logits, model(ids).logits[:1])
 
 
 def test_s4d_paper_block_classifier_learns_a_toy_task():

@@ -262,6 +262,12 @@ class LanguageModel(nn.Module):
                 f"use a classifier for it, a causal configuration of it if it has one, or one of these "
                 f"(causal by default): {', '.join(causal_names)}"
             )
+        if config.norm == "batch":
+            raise ConfigError(
+                "norm='batch' takes its training statistics over every position of the batch, so a causal "
+                "language model would see later tokens through them; use norm='rms' for language models "
+                "(batch norm is for classifiers)"
+            )
         self.head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.head.weight = self.embed.weight
