@@ -73,6 +73,25 @@ def test_train_short_test_long_study(tmp_path):
     assert "| optimal (true model) |" in result.markdown
 
 
+def test_train_short_test_long_device_is_checked_and_the_models_moved_there(tmp_path, monkeypatch):
+    from longarena.arena.study_kinds import train_short_test_long as tstl
+
+    moved = []
+    real = tstl.TinyLM.to
+    monkeypatch.setattr(tstl.TinyLM, "to", lambda self, device: moved.append(device) or real(self, device))
+    config = {"steps": 2, "train_len": 8, "multiples": [1, 2], "eval_seqs": 2, "d_model": 16, "schemes": ["alibi", "rope"]}
+    cpu = run_study("train_short_test_long", {**config, "device": "cpu"}, tmp_path / "cpu")
+    assert _ok(cpu, tmp_path / "cpu") and moved == ["cpu", "cpu"]
+    # the device changes where the models run, not the text they are scored on
+    default = run_study("train_short_test_long", config, tmp_path / "default")
+    assert _ok(default, tmp_path / "default")["ppl"] == _ok(cpu, tmp_path / "cpu")["ppl"]
+    bad = run_study("train_short_test_long", {**config, "device": "tpu"}, tmp_path / "bad")
+    assert bad.error is not None and "device must be 'cpu' or 'cuda'" in bad.error
+    if not torch.cuda.is_available():
+        gpu = run_study("train_short_test_long", {**config, "device": "cuda"}, tmp_path / "gpu")
+        assert gpu.error is not None and "no CUDA GPU" in gpu.error
+
+
 def test_niah_study_names_the_model_it_measured(tmp_path):
     result = run_study("niah", {"model": "tiny", "lengths": [400], "depths": [0.0, 1.0]}, tmp_path)
     data = _ok(result, tmp_path)

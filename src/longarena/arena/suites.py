@@ -336,7 +336,7 @@ def _full() -> Suite:
             "The lra suite, associative recall at 16 pairs for every causal mixer, and the studies at "
             "GPU scale: a bf16 speed and memory sweep to 64k tokens with decode steps, recall against "
             "state size up to width 256, train-short-test-long over 16x the training length, and a "
-            "needle-in-a-haystack grid of SmolLM2 to 8k tokens on the GPU. " + _lra_description(skipped)
+            "needle-in-a-haystack grid of SmolLM2 to 8k tokens, all on the GPU. " + _lra_description(skipped)
         ),
         cells=(recall, *cells),
         # lists, not tuples, in study settings: the suite round-trips through results.json
@@ -349,7 +349,7 @@ def _full() -> Suite:
                                        "widths": [32, 64, 128, 256], "steps": 2000, "batch_size": 64,
                                        "device": "cuda"}),
             StudySpec("train_short_test_long", {"train_len": 64, "multiples": [1, 2, 4, 8, 16], "steps": 2000,
-                                                "d_model": 64, "layers": 2}),
+                                                "d_model": 64, "layers": 2, "device": "cuda"}),
             StudySpec("niah", {"lengths": [1024, 2048, 4096, 8192], "depths": [i / 10 for i in range(11)],
                                "device": "cuda"}),
         ),

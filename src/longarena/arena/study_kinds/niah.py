@@ -34,7 +34,7 @@ import torch
 
 from longarena.arena.plots import markdown_table, save_png
 from longarena.arena.studies import StudyResult, register
-from longarena.arena.study_kinds.common import torch_threads
+from longarena.arena.study_kinds.common import check_device, torch_threads
 from longarena.config import Config, ConfigError
 
 TINY_NAME = "tiny untrained LongArena byte LM"
@@ -62,10 +62,7 @@ class NiahStudyConfig(Config):
             raise ConfigError(f"model must be 'smollm2' or 'tiny', got {self.model!r}")
         if self.fallback not in ("tiny", "none"):
             raise ConfigError(f"fallback must be 'tiny' or 'none', got {self.fallback!r}")
-        if self.device.split(":")[0] not in ("cpu", "cuda"):
-            raise ConfigError(f"device must be 'cpu' or 'cuda' (or 'cuda:N'), got {self.device!r}")
-        if self.device.startswith("cuda") and not torch.cuda.is_available():
-            raise ConfigError(f"device {self.device!r} asked for, but torch sees no CUDA GPU here; use device='cpu'")
+        check_device(self.device)
 
     def grid(self):
         from longarena.evals.niah import GridConfig

@@ -23,6 +23,8 @@ Config keys (defaults: the quick suite's, ~20 s on one CPU core):
 - ``eval_seqs`` 16: sequences of ``train_len * max(multiples)`` tokens scored at every length
 - ``finetune_steps`` 0, ``finetune_points`` 3, ``finetune_multiple`` 4: the PI fine-tuning comparison
 - ``threads`` None: torch CPU threads during the run (None: leave as is)
+- ``device`` "cpu": where the models train and are scored ("cuda" on a GPU machine: the
+  ``full`` suite); the data are drawn on the CPU either way, so both give the same text
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from torch import Tensor, nn
 
 from longarena import mixers, positions
 from longarena.arena.studies import StudyResult, register
-from longarena.arena.study_kinds.common import torch_threads
+from longarena.arena.study_kinds.common import check_device, torch_threads
 from longarena.config import Config, ConfigError
 
 TRAINED = ("alibi", "rope", "t5", "xl", "sinusoidal", "none")
@@ -138,6 +140,7 @@ class TinyLM(nn.Module):
 
 
 def nll(model: nn.Module, ids: Tensor) -> Tensor:
+    ids = ids.to(model.embed.weight.device)
     logits = model(ids[:, :-1])
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
 
@@ -199,8 +202,10 @@ class LengthConfig(Config):
     finetune_multiple: int = 4
     seed: int = 0
     threads: int | None = None
+    device: str = "cpu"
 
     def validate(self) -> None:
+        check_device(self.device)
         self.schemes, self.zero_shot, self.multiples = tuple(self.schemes), tuple(self.zero_shot), tuple(self.multiples)
         bad = [s for s in self.schemes if s not in TRAINED]
         if bad or not self.schemes:
@@ -248,7 +253,7 @@ def _run(c: LengthConfig, say: Callable[[str], None]) -> dict[str, Any]:
     trained: dict[str, nn.Module] = {}
     for name in c.schemes:
         torch.manual_seed(c.seed)
-        model = TinyLM(c.vocab, c.d_model, c.layers, c.heads, name)
+        model = TinyLM(c.vocab, c.d_model, c.layers, c.heads, name).to(c.device)
         start = time.perf_counter()
         train(model, lang, L, c.steps, c.batch, c.lr, c.seed)
         result["train_seconds"][name] = time.perf_counter() - start
