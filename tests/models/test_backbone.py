@@ -352,3 +352,44 @@ def test_masked_batchnorm_without_padding_is_torch_batchnorm():
     torch.testing.assert_close(ours.running_var, ref.running_var)
     ours.eval(), ref.eval()
     torch.testing.assert_close(ours(x, full), ref(x.reshape(-1, 6)).view_as(x))
+
+
+def test_masked_batchnorm_keeps_bf16_inputs_bf16_and_computes_in_fp32():
+    from longarena.models.backbone import MaskedBatchNorm
+
+    torch.manual_seed(0)
+    bn = MaskedBatchNorm(6)
+    x = torch.randn(3, 7, 6) * 3 + 2
+    mask = torch.ones(3, 7, dtype=torch.bool)
+    mask[2, 3:] = False
+    want = bn(x, mask)
+    bn.reset_running_stats()
+    got = bn(x.bfloat16(), mask)
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), want, atol=3e-2, rtol=2e-2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        torch.testing.assert_close(bn(x, mask).float(), want, atol=1e-5, rtol=1e-5)
+
+
+def test_paper_block_classifier_under_bf16_autocast_matches_fp32():
+    """The S4 LRA block (post-norm batch norm, GLU, no MLP, scalar input) with padding: bf16
+    autocast logits and gradients stay close to fp32."""
+    torch.manual_seed(0)
+    model = models.get("classifier", vocab_size=256, d_model=32, n_layers=2, num_classes=3, pattern=("s4d",),
+                       norm="batch", prenorm=False, mlp=False, input_encoding="scalar",
+                       mixer={"s4d": {"causal": False, "output": "glu", "d_state": 8}})
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, 256, (4, 40), generator=g)
+    mask = torch.ones(4, 40, dtype=torch.bool)
+    mask[1, 25:] = False
+    labels = torch.tensor([0, 1, 2, 1])
+    grads = []
+    for autocast in (False, True):
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            out = model(ids, attention_mask=mask, labels=labels)
+        out.loss.backward()
+        grads.append((out.logits.float().detach(), [p.grad.clone() for p in model.parameters()]))
+    torch.testing.assert_close(grads[1][0], grads[0][0], atol=5e-2, rtol=5e-2)
+    for lo, hi in zip(grads[1][1], grads[0][1]):
+        assert (lo - hi).norm() <= 0.05 * hi.norm() + 1e-6
