@@ -41,6 +41,16 @@ def test_lra_cells_are_the_shared_presets_with_one_budget_per_task(tmp_path, wit
             assert cell.mixer_overrides[mixer] == run["model"]["mixer"][mixer]
             assert cell.task_config == run["task_config"]
             assert cell.backbone["dropout"] == run["model"]["dropout"]
+            if family == "s4" and short in presets.S4_PAPER:
+                # S4 keeps its published block (the paper's norm, residual order, no MLP, GLU
+                # output, and pixels as intensities on Pathfinder) in the shared shape
+                paper = presets.S4_PAPER[short]["model"]
+                assert {k: cell.backbone[k] for k in presets.S4_BLOCK if k in paper} == {
+                    k: paper[k] for k in presets.S4_BLOCK if k in paper}
+                assert cell.mixer_overrides["s4"]["output"] == "glu"
+                assert "pooling" not in cell.backbone or cell.backbone["pooling"] == run["model"].get("pooling")
+            else:
+                assert not set(presets.S4_BLOCK) & set(cell.backbone)
             t = cell.train_config()
             assert t.steps == suites.LRA_SUITE_STEPS[short]
             assert (t.lr, t.batch_size, t.weight_decay, t.ssm_lr, t.grad_accum) == (

@@ -306,7 +306,8 @@ def lra_cells(steps: dict[str, int] | None = None, data_root: str | Path = ".") 
 def _lra_description(skipped: list[str]) -> str:
     text = (
         "Long Range Arena on a GPU: every family in its preset shape within the task's parameter "
-        "budget (longarena train --list-presets), the same steps per task (arena.suites.LRA_SUITE_STEPS), "
+        "budget (longarena train --list-presets; S4 in its published block: batch norm, GLU, no MLP), "
+        "the same steps per task (arena.suites.LRA_SUITE_STEPS), "
         "bf16. ListOps, Pathfinder-32 and Path-X come from the generators; Text, Retrieval and Image "
         "from local files."
     )
