@@ -38,11 +38,9 @@ def test_two_layer_attention_lm_overfits_a_fixed_batch():
     assert loss.item() < 0.1
 
 
-def test_classifier_learns_a_toy_task():
-    """Label = whether token 1 occurs in the sequence: a linear probe of mean pooling cannot
-    be perfect at init, a trained classifier must be."""
-    torch.manual_seed(0)
-    model = models.get("classifier", vocab_size=4, d_model=32, n_layers=1, num_classes=2, mixer={"attention": {"n_heads": 2, "causal": False}})
+def _token_presence_accuracy(model) -> float:
+    """Train ``model`` (vocabulary 4, 2 classes) for 150 steps on: label = whether token 1
+    occurs in the sequence; its training accuracy afterwards, in eval mode."""
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(2, 4, (256, 12), generator=g)
     has = torch.rand(256, generator=g) < 0.5
@@ -54,8 +52,16 @@ def test_classifier_learns_a_toy_task():
         opt.zero_grad()
         loss.backward()
         opt.step()
-    acc = (model(ids).logits.argmax(-1) == labels).float().mean().item()
-    assert acc > 0.95
+    model.eval()
+    return (model(ids).logits.argmax(-1) == labels).float().mean().item()
+
+
+def test_classifier_learns_a_toy_task():
+    """Label = whether token 1 occurs in the sequence: a linear probe of mean pooling cannot
+    be perfect at init, a trained classifier must be."""
+    torch.manual_seed(0)
+    model = models.get("classifier", vocab_size=4, d_model=32, n_layers=1, num_classes=2, mixer={"attention": {"n_heads": 2, "causal": False}})
+    assert _token_presence_accuracy(model) > 0.95
 
 
 def test_generate_with_cache_equals_full_recomputation():
@@ -287,20 +293,7 @@ def test_s4d_paper_block_classifier_learns_a_toy_task():
     model = models.get("classifier", vocab_size=4, d_model=32, n_layers=2, num_classes=2, pattern=("s4d",),
                        norm="batch", prenorm=False, mlp=False,
                        mixer={"s4d": {"causal": False, "output": "glu", "d_state": 8}})
-    g = torch.Generator().manual_seed(0)
-    ids = torch.randint(2, 4, (256, 12), generator=g)
-    has = torch.rand(256, generator=g) < 0.5
-    ids[has, torch.randint(0, 12, (int(has.sum()),), generator=g)] = 1
-    labels = has.long()
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    for _ in range(150):
-        loss = model(ids, labels=labels).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    model.eval()
-    acc = (model(ids).logits.argmax(-1) == labels).float().mean().item()
-    assert acc > 0.95
+    assert _token_presence_accuracy(model) > 0.95
 
 
 def test_scalar_input_encoding_reads_ids_as_intensities():
