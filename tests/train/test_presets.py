@@ -51,10 +51,13 @@ def test_s4_presets_follow_the_published_configs():
     t = listops["train"]
     assert (t["lr"], t["batch_size"], t["weight_decay"], t["steps"], t["warmup"]) == (0.01, 50, 0.05, 40 * 96_000 // 50, 1000)
     # s4-lra-pathfinder.yaml: 6 layers x 256, d_state 64, lr 0.004, batch 64, weight decay 0.03,
-    # dropout 0, 200 epochs of 160k examples, warm-up 2500 steps, read-out at the last position
+    # dropout 0, 200 epochs of 160k examples, warm-up 2500 steps. The file reads out at the
+    # last position; the preset reads the mean, a measured departure (last stayed at chance on
+    # an H100 where mean reached 0.964 test: docs/training.md), and says so in its summary
     path = presets.get("lra/pathfinder32/s4")
     m = path["model"]
-    assert (m["n_layers"], m["d_model"], m["dropout"], m["pooling"]) == (6, 256, 0.0, "last")
+    assert (m["n_layers"], m["d_model"], m["dropout"], m["pooling"]) == (6, 256, 0.0, "mean")
+    assert "read-out mean" in presets.summaries()["lra/pathfinder32/s4"]
     assert m["mixer"]["s4"]["d_state"] == 64
     # "prenorm: true, norm: batch, final_act: glu"; pixels as intensities (tokenize: false)
     assert (m["norm"], m["prenorm"], m["mlp"], m["mixer"]["s4"]["output"]) == ("batch", True, False, "glu")
