@@ -254,6 +254,29 @@ def test_batchnorm_statistics_ignore_padding():
     assert not torch.allclose(stats[0][0], torch.zeros_like(stats[0][0]))  # the statistics moved
 
 
+@pytest.mark.parametrize("train", [True, False])
+def test_postnorm_batchnorm_stack_keeps_padding_bounded(train):
+    """Post-norm: nothing but the batch norm could normalise the padded positions, and a
+    residual SwiGLU grows what it is given faster than linearly. Left unnormalised, padding
+    overflowed to inf within 8 layers (MLP weights x30 here, a trained model's scale; on a
+    GPU the loss of the S4 ListOps block with MLPs became NaN) and turned every logit NaN."""
+    model = _paper_block_classifier(n_layers=8, mlp=True, pattern=("s4d",), mixer={"s4d": {"causal": False}})
+    model.train(train)
+    with torch.no_grad():
+        for layer in model.encoder.backbone.layers:
+            layer.mlp.down.weight.mul_(30.0)
+    ids = torch.randint(1, 8, (4, 32), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones(4, 32, dtype=torch.bool)
+    mask[1:, 8:] = False
+    outputs = []
+    for layer in model.encoder.backbone.layers:
+        layer.register_forward_hook(lambda module, args, out: outputs.append(out[0].detach()))
+    logits = model(ids, attention_mask=mask).logits
+    assert torch.isfinite(logits).all()
+    for h in outputs:
+        assert h[~mask].abs().max() <= h[mask].abs().max()
+
+
 @pytest.mark.parametrize("mlp", [True, False])
 def test_postnorm_lm_generates_with_cache_as_full_recomputation(mlp):
     model = tiny_lm(prenorm=False, mlp=mlp).eval()

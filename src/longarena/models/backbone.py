@@ -32,18 +32,21 @@ NORMS = ("rms", "batch")
 
 class MaskedBatchNorm(nn.BatchNorm1d):
     """BatchNorm over the feature axis of ``(B, T, D)`` or ``(B, D)``, statistics over the
-    positions where ``mask`` is True only; masked-out positions pass through unchanged.
+    positions where ``mask`` is True only; masked-out positions come out as zeros.
 
     The masked statistics are weighted sums (no boolean indexing, so no host sync on a GPU);
     the running statistics are updated as ``nn.BatchNorm1d`` updates them (momentum, the
-    unbiased variance)."""
+    unbiased variance). Zeroing the padding keeps it bounded: in a post-norm stack nothing
+    else normalises it, and a residual MLP grows it layer on layer until it overflows (a
+    whole batch's loss became NaN that way on a GPU, docs/training.md)."""
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:  # type: ignore[override]
         if x.dim() == 2:
             return super().forward(x).to(x.dtype)
         if mask is None or not self.training:
-            # evaluation normalises each position by the running statistics: padding is inert
-            return super().forward(x.reshape(-1, x.shape[-1])).to(x.dtype).view_as(x)
+            # evaluation normalises each position by the running statistics alone
+            y = super().forward(x.reshape(-1, x.shape[-1])).to(x.dtype).view_as(x)
+            return y if mask is None else y.masked_fill(~mask[..., None], 0.0)
         m = mask[..., None].to(torch.float32)
         xf = x.float()
         n = m.sum()
@@ -57,7 +60,7 @@ class MaskedBatchNorm(nn.BatchNorm1d):
         y = (xf - mean) * torch.rsqrt(var + self.eps)
         if self.affine:
             y = y * self.weight + self.bias
-        return torch.where(mask[..., None], y.to(x.dtype), x)
+        return y.to(x.dtype).masked_fill(~mask[..., None], 0.0)
 
 
 def make_norm(config: "ModelConfig") -> nn.Module:
