@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from longarena import mixers, positions
+from longarena.models.backbone import SwiGLU
 from longarena.arena.studies import StudyResult, register
 from longarena.arena.study_kinds.common import check_device, torch_threads
 from longarena.config import Config, ConfigError
@@ -98,18 +99,6 @@ class TopicLanguage:
         return total / (b * (t - 1))
 
 
-class SwiGLU(nn.Module):
-    def __init__(self, d: int) -> None:
-        super().__init__()
-        hidden = 8 * ((8 * d // 3 + 7) // 8)
-        self.gate_up = nn.Linear(d, 2 * hidden, bias=False)
-        self.down = nn.Linear(hidden, d, bias=False)
-
-    def forward(self, x: Tensor) -> Tensor:
-        gate, up = self.gate_up(x).chunk(2, dim=-1)
-        return self.down(F.silu(gate) * up)
-
-
 class TinyLM(nn.Module):
     """Pre-norm Transformer LM whose attention layers use position scheme ``position``."""
 
@@ -123,7 +112,8 @@ class TinyLM(nn.Module):
             mixers.get("attention", d, n_heads=heads, position=position, position_params=params or {})
             for _ in range(layers)
         )
-        self.mlps = nn.ModuleList(SwiGLU(d) for _ in range(layers))
+        # hidden width 8/3 d rounded up to a multiple of 8 (the figures in docs were made so)
+        self.mlps = nn.ModuleList(SwiGLU(d, 8 * ((8 * d // 3 + 7) // 8)) for _ in range(layers))
         self.norms = nn.ModuleList(nn.RMSNorm(d) for _ in range(2 * layers + 1))
         scheme = self.mixers[0].position
         self.absolute = scheme if scheme.absolute else None
