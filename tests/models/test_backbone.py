@@ -258,8 +258,9 @@ def test_batchnorm_statistics_ignore_padding():
 def test_postnorm_batchnorm_stack_keeps_padding_bounded(train):
     """Post-norm: nothing but the batch norm could normalise the padded positions, and a
     residual SwiGLU grows what it is given faster than linearly. Left unnormalised, padding
-    overflowed to inf within 8 layers (MLP weights x30 here, a trained model's scale; on a
-    GPU the loss of the S4 ListOps block with MLPs became NaN) and turned every logit NaN."""
+    overflowed to inf within 8 layers (MLP weights x30 here, so that it happens at
+    initialisation; on a GPU the S4 ListOps block with MLPs got there in training and its
+    loss became NaN) and turned every logit NaN."""
     model = _paper_block_classifier(n_layers=8, mlp=True, pattern=("s4d",), mixer={"s4d": {"causal": False}})
     model.train(train)
     with torch.no_grad():

@@ -105,13 +105,6 @@ LINFORMER_PROJ = {"listops": 256, "text": 16, "retrieval": 16, "image": 128, "pa
 #: learning rate of the state-space parameters in the S4 experiment files (``lr: 0.001``)
 SSM_LR = 0.001
 
-#: published S4 settings (state-spaces/s4, configs/experiment/lra/s4-lra-listops.yaml and
-#: s4-lra-pathfinder.yaml, the HTTYH versions): width, depth, state size, batch, learning
-#: rate, weight decay, warm-up, epochs, the read-out (mean pooling; on Pathfinder see
-#: ``S4_PATHFINDER_READOUT``) and the block: BatchNorm (post-norm on ListOps, pre-norm on
-#: Pathfinder), the layer's GLU output and no MLP; Pathfinder's pixels enter as intensities
-#: through a linear encoder (``tokenize: false`` in the S4 data pipeline). ListOps's
-#: warm-up is the scheduler file's default, 1000 steps.
 #: Pathfinder's read-out. The experiment file reads the last position (``decoder: mode:
 #: last``); with this library's S4D and Pathfinder generator that stayed at chance on an H100
 #: (test 0.521 after 15,000 steps of 64, the file's settings otherwise), where the mean, all
@@ -120,6 +113,13 @@ S4_PATHFINDER_READOUT = "mean"
 #: where a preset departs from its S4 experiment file (said in its summary)
 S4_DEPARTURES = {"pathfinder32": "read-out mean, the file's is the last position"}
 
+#: published S4 settings (state-spaces/s4, configs/experiment/lra/s4-lra-listops.yaml and
+#: s4-lra-pathfinder.yaml, the HTTYH versions): width, depth, state size, batch, learning
+#: rate, weight decay, warm-up, epochs, the read-out (mean pooling; on Pathfinder see
+#: ``S4_PATHFINDER_READOUT``) and the block: BatchNorm (post-norm on ListOps, pre-norm on
+#: Pathfinder), the layer's GLU output and no MLP; Pathfinder's pixels enter as intensities
+#: through a linear encoder (``tokenize: false`` in the S4 data pipeline). ListOps's
+#: warm-up is the scheduler file's default, 1000 steps.
 S4_PAPER: dict[str, dict[str, Any]] = {
     "listops": {
         "model": {"d_model": 128, "n_layers": 8, "dropout": 0.0, "pooling": "mean", "norm": "batch",

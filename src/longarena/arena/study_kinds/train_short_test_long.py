@@ -43,10 +43,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from longarena import mixers, positions
-from longarena.models.backbone import SwiGLU
 from longarena.arena.studies import StudyResult, register
 from longarena.arena.study_kinds.common import check_device, torch_threads
 from longarena.config import Config, ConfigError
+from longarena.models.backbone import SwiGLU
 
 TRAINED = ("alibi", "rope", "t5", "xl", "sinusoidal", "none")
 ZERO_SHOT = ("linear", "ntk", "dynamic_ntk", "yarn")
