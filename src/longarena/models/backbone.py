@@ -7,7 +7,7 @@ The state of a backbone is the list of its layers' mixer states.
 
 Three fields give the other block shapes of the literature: ``prenorm=False`` puts the norm
 after the residual sum, ``norm(x + mixer(x))`` (S4's ListOps model); ``norm="batch"`` is
-BatchNorm over the batch's real tokens (padding neither enters nor receives statistics),
+BatchNorm over the batch's real tokens (padding stays out of the statistics and comes out as zeros),
 the S4 papers' LRA norm; ``mlp=False`` drops the MLP, leaving the mixer alone in each block
 (S4's LRA blocks, whose layer ends in its own output map).
 """

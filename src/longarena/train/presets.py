@@ -111,7 +111,7 @@ SSM_LR = 0.001
 #: else equal, reached 0.964 test in 8,000 steps (docs/training.md, Measured figures).
 S4_PATHFINDER_READOUT = "mean"
 #: where a preset departs from its S4 experiment file (said in its summary)
-S4_DEPARTURES = {"pathfinder32": "read-out mean, the file's is the last position"}
+S4_DEPARTURES = {"pathfinder32": f"read-out {S4_PATHFINDER_READOUT}, the file's is the last position"}
 
 #: published S4 settings (state-spaces/s4, configs/experiment/lra/s4-lra-listops.yaml and
 #: s4-lra-pathfinder.yaml, the HTTYH versions): width, depth, state size, batch, learning
