@@ -14,7 +14,7 @@ from longarena.testing.conformance import rel_error
 
 
 def test_retnet_conformance_all_forms():
-    """Lists reference (recurrent), parallel and chunkwise, so ``backends`` compares all three."""
+    """Lists reference (recurrent), parallel and chunked, so ``backends`` compares all three."""
     check_mixer(lambda: mixers.get("retnet", 32, n_heads=4, chunk_size=8), long_len=16384)
 
 
@@ -34,7 +34,7 @@ def test_three_forms_give_the_same_layer_output(dtype, tol):
     with m.use_backend("reference"):
         y_ref, s_ref = m(x)
     m = m.to(dtype)
-    for backend in ("parallel", "chunkwise"):
+    for backend in ("parallel", "chunked"):
         with m.use_backend(backend):
             y, s = m(x.to(dtype))
         assert rel_error(y, y_ref) < tol and rel_error(s.s, s_ref.s) < tol

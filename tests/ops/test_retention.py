@@ -1,4 +1,4 @@
-"""Retention op: the parallel and chunkwise forms equal the recurrence and an explicit sum."""
+"""Retention op: the parallel and chunked forms equal the recurrence and an explicit sum."""
 
 from __future__ import annotations
 
@@ -56,12 +56,12 @@ def test_three_forms_agree_in_fp32(with_state, chunk_size):
         assert rel_error(o, o_ref) < 1e-5 and rel_error(s, s_ref) < 1e-5
 
 
-@pytest.mark.parametrize("backend", ["parallel", "chunkwise"])
+@pytest.mark.parametrize("backend", ["parallel", "chunked"])
 def test_gradients_agree_with_the_recurrence(backend):
     q, k, v, s0 = _inputs(t=11)
     gamma = torch.tensor([0.3, 0.8, 0.99], dtype=torch.float64)
     grads = []
-    for name in ("recurrent", backend):
+    for name in ("reference", backend):
         leaves = [x.clone().requires_grad_(True) for x in (q, k, v, s0)]
         o, s = retention(*leaves[:3], gamma, leaves[3], backend=name, chunk_size=4)
         w = torch.randn(o.shape, generator=torch.Generator().manual_seed(1))
@@ -71,7 +71,7 @@ def test_gradients_agree_with_the_recurrence(backend):
         assert rel_error(a, b) < 1e-5
 
 
-@pytest.mark.parametrize("backend", ["parallel", "chunkwise"])
+@pytest.mark.parametrize("backend", ["parallel", "chunked"])
 def test_bf16_inputs_stay_within_bf16_tolerance(backend):
     q, k, v, s0 = _inputs(t=40)
     gamma = default_gammas(3)
@@ -99,7 +99,7 @@ def test_bad_shapes_and_backends_are_named():
         retention(q, k, v, default_gammas(2))
     with pytest.raises(ValueError, match="state must have shape"):
         retention(q, k, v, default_gammas(3), s0[:, :, :2])
-    with pytest.raises(ValueError, match="known: .*chunkwise"):
+    with pytest.raises(ValueError, match="known: .*chunked"):
         retention(q, k, v, default_gammas(3), backend="fused")
     with pytest.raises(ValueError, match=r"q, k: \(B, H, T, K\)"):
         retention(q, k[:, :, :3], v, default_gammas(3))

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib.util
+import os
 from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
 
@@ -52,6 +54,9 @@ class Mixer(nn.Module):
     config_class: ClassVar[type[MixerConfig]] = MixerConfig
     #: computation paths, the readable reference first
     backends: ClassVar[tuple[str, ...]] = ("reference",)
+    #: backends that run Triton kernels: offered on CUDA when Triton imports, and on CPU only
+    #: when named under ``TRITON_INTERPRET=1`` (the interpreter is for tests, far too slow else)
+    triton_backends: ClassVar[tuple[str, ...]] = ()
     #: whether output t depends only on inputs <= t
     causal: bool = True
 
@@ -68,8 +73,14 @@ class Mixer(nn.Module):
 
     # --- backend selection -------------------------------------------------------------
     def available_backends(self, device: torch.device) -> tuple[str, ...]:
-        """Backends that can run on ``device`` (override for GPU-only kernels)."""
-        return self.backends
+        """Backends that can run on ``device``: all but the Triton ones off CUDA (see
+        ``triton_backends``)."""
+        if not self.triton_backends:
+            return self.backends
+        interpreted = self.backend in self.triton_backends and os.environ.get("TRITON_INTERPRET", "0") == "1"
+        if importlib.util.find_spec("triton") is not None and (torch.device(device).type == "cuda" or interpreted):
+            return self.backends
+        return tuple(b for b in self.backends if b not in self.triton_backends)
 
     def resolve_backend(self, device: torch.device) -> str:
         available = self.available_backends(device)

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 from typing import Any
 
 import torch
@@ -39,7 +38,7 @@ from torch import Tensor, nn
 from longarena.config import ConfigError
 from longarena.mixers import register
 from longarena.mixers.base import KeepFP32Params, Mixer, MixerConfig, MixerInputError
-from longarena.ops.scan import selective_scan, triton_available
+from longarena.ops.scan import selective_scan
 
 
 @dataclasses.dataclass
@@ -98,15 +97,8 @@ class Mamba(KeepFP32Params, Mixer):
 
     config_class = MambaConfig
     backends = ("reference", "chunked", "triton")
+    triton_backends = ("triton",)
     fp32_params = ("A_log", "D")
-
-    def available_backends(self, device: torch.device) -> tuple[str, ...]:
-        """``triton`` on CUDA when Triton imports; on CPU only when asked for by name under
-        ``TRITON_INTERPRET=1`` (the interpreter is for tests, far too slow for anything else)."""
-        interpreted = self.backend == "triton" and os.environ.get("TRITON_INTERPRET", "0") == "1"
-        if triton_available() and (torch.device(device).type == "cuda" or interpreted):
-            return self.backends
-        return self.backends[:2]
 
     def __init__(self, config: MambaConfig) -> None:
         super().__init__(config)

@@ -35,7 +35,7 @@ class RetNetConfig(MixerConfig):
     value_factor: int = 2
     #: decay per head, each in (0, 1); None = RetNet's ``1 - 2^(-5 - h)``
     gammas: tuple[float, ...] | None = None
-    #: tokens per chunk of the chunkwise form
+    #: tokens per chunk of the chunked torch form (the Triton kernels use 64)
     chunk_size: int = 64
     #: base of the rotation frequencies ``theta^(-2i/K)``
     theta: float = 10000.0
@@ -80,11 +80,13 @@ class RetentionState:
 
 @register("retnet")
 class RetNet(Mixer):
-    """Multi-scale retention (RetNet): decayed linear attention, parallel/recurrent/chunkwise."""
+    """Multi-scale retention (RetNet): decayed linear attention, recurrent/parallel/chunked/Triton."""
 
     config_class = RetNetConfig
-    #: the recurrent loop is the specification; chunkwise is the default fast path
-    backends = ("reference", "parallel", "chunkwise")
+    #: the recurrent loop is the specification; ``chunked`` is the CPU path, ``triton`` the
+    #: same chunked form as GPU kernels (:mod:`longarena.ops.linear_attn.triton_chunk`)
+    backends = ("reference", "parallel", "chunked", "triton")
+    triton_backends = ("triton",)
 
     def __init__(self, config: RetNetConfig) -> None:
         super().__init__(config)
@@ -149,7 +151,8 @@ class RetNet(Mixer):
             v,
             self.gamma(x.device),
             None if state is None else state.s,
-            backend="recurrent" if backend == "reference" else backend,
+            # under auto the op picks the kernels itself and says why when it cannot take them
+            backend="auto" if self.backend == "auto" and backend != "parallel" else backend,
             chunk_size=self.chunk_size,
         )
         return self._output(o, g), RetentionState(s, offset + x.shape[1])

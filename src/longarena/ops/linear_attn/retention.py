@@ -12,8 +12,9 @@ Three forms compute the same thing:
 - ``retention_parallel``:  ``(Q K^T * D) V`` with ``D[t, s] = gamma^(t - s)`` for ``s <= t``;
   O(T^2) time and memory, no sequential dependency;
 - ``retention_chunkwise``: parallel inside chunks of C tokens, recurrent across chunks;
-  O(T C) time, O(T) memory. T need not be a multiple of C (the tail is padded with tokens
-  that neither decay nor write the state, so the carried state stays exact).
+  O(T C) time, O(T) memory, any T (:mod:`.chunked`, the general decayed linear attention
+  with a fixed decay per head); on CUDA the same form runs as Triton kernels
+  (:mod:`.triton_chunk`, backend ``triton``).
 
 Every form takes a carry-in state (``None`` = zeros) and returns ``(o, S_last)``. Sums
 run in float32 whatever the input dtype, and the state is returned in float32: a state
@@ -27,7 +28,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from longarena.ops.scan import linear_scan
+from longarena.ops.linear_attn import (
+    linear_attention,
+    linear_attention_chunked,
+    linear_attention_recurrent,
+    linear_attention_step,
+)
 
 __all__ = [
     "BACKENDS",
@@ -60,29 +66,16 @@ def _check(q: Tensor, k: Tensor, v: Tensor, gamma: Tensor, state: Tensor | None)
         )
 
 
-def _zero_state(q: Tensor, v: Tensor) -> Tensor:
-    b, h, _, dk = q.shape
-    return q.new_zeros(b, h, dk, v.shape[-1], dtype=torch.float32)
-
-
 def retention_recurrent(q: Tensor, k: Tensor, v: Tensor, gamma: Tensor, state: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """The recurrence token by token: the readable specification. Returns (o, S_last)."""
+    """The recurrence token by token: the readable specification (:mod:`.reference`). Returns (o, S_last)."""
     _check(q, k, v, gamma, state)
-    s = _zero_state(q, v) if state is None else state.float()
-    g = gamma.float()[None, :, None, None]  # (1, H, 1, 1)
-    outs = []
-    for t in range(q.shape[2]):
-        s = g * s + k[:, :, t, :, None].float() * v[:, :, t, None, :].float()  # (B, H, K, V)
-        outs.append(torch.einsum("bhk,bhkv->bhv", q[:, :, t].float(), s))
-    o = torch.stack(outs, dim=2) if outs else q.new_zeros(*q.shape[:3], v.shape[-1], dtype=torch.float32)
-    return o.to(v.dtype), s
+    return linear_attention_recurrent(q, k, v, gamma=gamma, state=state)
 
 
 def retention_step(q_t: Tensor, k_t: Tensor, v_t: Tensor, gamma: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
     """One token: ``q_t, k_t: (B, H, K)``, ``v_t: (B, H, V)``, ``state: (B, H, K, V)``. O(1) in T."""
-    s = gamma.float()[None, :, None, None] * state.float() + k_t[..., :, None].float() * v_t[..., None, :].float()
-    o = torch.einsum("bhk,bhkv->bhv", q_t.float(), s)
-    return o.to(v_t.dtype), s
+    log_gamma = gamma.double().log().float().expand(q_t.shape[0], -1)  # (B, H)
+    return linear_attention_step(q_t, k_t, v_t, log_gamma, state)
 
 
 def retention_parallel(q: Tensor, k: Tensor, v: Tensor, gamma: Tensor, state: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -112,48 +105,12 @@ def retention_parallel(q: Tensor, k: Tensor, v: Tensor, gamma: Tensor, state: Te
 def retention_chunkwise(
     q: Tensor, k: Tensor, v: Tensor, gamma: Tensor, state: Tensor | None = None, *, chunk_size: int = 64
 ) -> tuple[Tensor, Tensor]:
-    """Parallel within chunks of ``chunk_size`` tokens, recurrent across them. Returns (o, S_last)."""
+    """Parallel within chunks of ``chunk_size`` tokens, recurrent across them (:mod:`.chunked`)."""
     _check(q, k, v, gamma, state)
-    if chunk_size <= 0:
-        raise ValueError(f"chunk_size must be positive, got {chunk_size}")
-    b, h, t, dk = q.shape
-    dv = v.shape[-1]
-    c = chunk_size
-    n = -(-t // c)
-    pad = n * c - t
-    qf, kf, vf = (torch.nn.functional.pad(x.float(), (0, 0, 0, pad)) for x in (q, k, v))
-    # per-position log decay; padded positions get log 1 = 0 so they do not decay the state
-    log_g = gamma.double().log().float()  # (H,)
-    real = (torch.arange(n * c, device=q.device) < t).float()  # (Tp,)
-    log_decay = (log_g[:, None] * real[None]).view(h, n, c)  # (H, N, C)
-    cum = log_decay.cumsum(-1)  # (H, N, C): log decay from chunk start to position i, inclusive
-    total = cum[..., -1]  # (H, N)
-
-    qc = qf.view(b, h, n, c, dk)  # (B, H, N, C, K)
-    kc = kf.view(b, h, n, c, dk)
-    vc = vf.view(b, h, n, c, dv)  # (B, H, N, C, V)
-
-    tri = torch.ones(c, c, dtype=torch.bool, device=q.device).tril()
-    diff = cum[..., :, None] - cum[..., None, :]  # (H, N, C, C): log gamma^(i - j)
-    intra_decay = torch.exp(diff.masked_fill(~tri, float("-inf")))
-    scores = torch.einsum("bhnik,bhnjk->bhnij", qc, kc) * intra_decay  # (B, H, N, C, C)
-    o = torch.einsum("bhnij,bhnjv->bhniv", scores, vc)
-
-    # contribution of each chunk to the state at its end: sum_j gamma^(C-1-j) k_j^T v_j
-    to_end = torch.exp(total[..., None] - cum)  # (H, N, C)
-    chunk_kv = torch.einsum("bhnjk,bhnjv->bhnkv", kc * to_end[None, ..., None], vc)  # (B, H, N, K, V)
-    # across chunks the state is a diagonal linear recurrence: S_n = decay_n S_{n-1} + kv_n
-    chunk_decay = torch.exp(total).T[None, :, :, None, None]  # (1, N, H, 1, 1)
-    s0 = _zero_state(q, v) if state is None else state.float()
-    s_ends, s = linear_scan(chunk_decay, chunk_kv.transpose(1, 2), s0)  # (B, N, H, K, V), (B, H, K, V)
-    s_start = torch.cat((s0[:, None], s_ends[:, :-1]), dim=1).transpose(1, 2)  # (B, H, N, K, V): entering each chunk
-    from_start = torch.exp(cum)  # (H, N, C)
-    o = o + torch.einsum("bhnik,bhnkv->bhniv", qc * from_start[None, ..., None], s_start)
-    o = o.reshape(b, h, n * c, dv)[:, :, :t]
-    return o.to(v.dtype), s
+    return linear_attention_chunked(q, k, v, gamma=gamma, state=state, chunk_size=chunk_size)
 
 
-BACKENDS = {"recurrent": retention_recurrent, "parallel": retention_parallel, "chunkwise": retention_chunkwise}
+BACKENDS = ("reference", "parallel", "chunked", "triton")
 
 
 def retention(
@@ -163,12 +120,14 @@ def retention(
     gamma: Tensor,
     state: Tensor | None = None,
     *,
-    backend: str = "chunkwise",
+    backend: str = "auto",
     chunk_size: int = 64,
 ) -> tuple[Tensor, Tensor]:
-    """Retention through the named form: ``recurrent`` (reference), ``parallel`` or ``chunkwise``."""
-    if backend == "chunkwise":
-        return retention_chunkwise(q, k, v, gamma, state, chunk_size=chunk_size)
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown retention backend {backend!r}; known: {sorted(BACKENDS)}")
-    return BACKENDS[backend](q, k, v, gamma, state)
+    """Retention through the named form: ``reference`` (the loop), ``parallel``, ``chunked``
+    or ``triton`` (:mod:`longarena.ops.linear_attn`'s kernels); ``auto`` as there."""
+    _check(q, k, v, gamma, state)
+    if backend == "parallel":
+        return retention_parallel(q, k, v, gamma, state)
+    if backend not in ("auto", *BACKENDS):
+        raise ValueError(f"unknown retention backend {backend!r}; known: {list(BACKENDS)} or 'auto'")
+    return linear_attention(q, k, v, gamma=gamma, state=state, backend=backend, chunk_size=chunk_size)
