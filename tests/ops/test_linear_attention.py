@@ -171,3 +171,21 @@ def test_retnet_triton_backend_matches_its_reference(dtype):
     tol = 1e-4 if dtype == torch.float32 else 5e-2
     for name, a, r in zip(("y", "state", "dx"), results["triton"], results["reference"]):
         assert rel_error(a, r) < tol, (name, rel_error(a, r))
+
+
+def test_triton_takes_keys_shared_by_heads_as_a_stride_0_view():
+    """Mamba-2's B and C are one per group, broadcast to its heads without a copy."""
+    pytest.importorskip("triton")
+    g = torch.Generator().manual_seed(5)
+    b, t, h, n, p = 2, 40, 3, 16, 16
+    shared_q, shared_k = (torch.randn(b, t, 1, n, generator=g) for _ in range(2))
+    v = torch.randn(b, h, t, p, generator=g)
+    ld = F.logsigmoid(torch.randn(b, h, t, generator=g))
+    results = []
+    for backend in ("reference", "triton"):
+        leaves = [x.clone().to(DEVICE).requires_grad_() for x in (shared_q, shared_k, v)]
+        q, k = (x.expand(b, t, h, n).transpose(1, 2) for x in leaves[:2])  # (B, H, T, N), head stride 0
+        o, s = linear_attention(q, k, leaves[2], log_decay=ld.to(DEVICE), backend=backend)
+        (o.square().sum() + s.sum()).backward()
+        results.append([o.detach(), s] + [x.grad for x in leaves])
+    _assert_close(results[1], results[0], ["o", "S_last", "dq", "dk", "dv"], TOL[torch.float32])

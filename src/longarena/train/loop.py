@@ -218,6 +218,7 @@ SSM_PARAMETERS: dict[str, tuple[str, ...]] = {
     "s4d": ("log_neg_re", "lam_im", "b", "log_dt"),
     "s5": ("log_neg_re", "lam_im", "b", "log_dt"),
     "mamba": ("A_log", "D"),
+    "mamba2": ("A_log", "D", "dt_bias"),
 }
 
 

@@ -200,6 +200,7 @@ def _grads(
     q_ptr, k_ptr, v_ptr, do_ptr, gc_ptr, lg_ptr, hs_ptr, dhs_ptr,
     dq_ptr, dk_ptr, dv_ptr, dgc_ptr,
     sqb, sqh, sqt, skb, skh, skt, svb, svh, svt, sdb, sdh, sdt,
+    sdqb, sdqh, sdqt, sdkb, sdkh, sdkt, sdvb, sdvh, sdvt,
     scale, T, Tp, H, K, V, N,
     DECAY: tl.constexpr, C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, PRECISION: tl.constexpr,
 ):
@@ -252,13 +253,13 @@ def _grads(
             d_total += tl.sum(s_in.to(tl.float32) * ds_out.to(tl.float32))
         dv = _dot(scores_t, do, PRECISION)
         dv += _dot(k_dec, ds_out.to(k.dtype), PRECISION)
-        tl.store(dv_ptr + b * svb + h * svh + t[:, None] * svt + offs_v[None, :], dv.to(dv_ptr.dtype.element_ty), mask=mask_tv)
+        tl.store(dv_ptr + b * sdvb + h * sdvh + t[:, None] * sdvt + offs_v[None, :], dv.to(dv_ptr.dtype.element_ty), mask=mask_tv)
     d_scores = (d_scores * pair * scale).to(q.dtype)
     dq = dq_inter * (from_start * scale)[:, None] + _dot(d_scores, k, PRECISION)
     dk_state = dk_inter * to_end[:, None]
     dk = dk_state + _dot(tl.trans(d_scores), q, PRECISION)
-    tl.store(dq_ptr + b * sqb + h * sqh + t[:, None] * sqt + offs_k[None, :], dq.to(dq_ptr.dtype.element_ty), mask=mask_tk)
-    tl.store(dk_ptr + b * skb + h * skh + t[:, None] * skt + offs_k[None, :], dk.to(dk_ptr.dtype.element_ty), mask=mask_tk)
+    tl.store(dq_ptr + b * sdqb + h * sdqh + t[:, None] * sdqt + offs_k[None, :], dq.to(dq_ptr.dtype.element_ty), mask=mask_tk)
+    tl.store(dk_ptr + b * sdkb + h * sdkh + t[:, None] * sdkt + offs_k[None, :], dk.to(dk_ptr.dtype.element_ty), mask=mask_tk)
     if DECAY == 2:
         # c_i scales q_i by exp(c_i) and k_i by exp(-c_i); the chunk total G scales S_out
         qf, kf = q.to(tl.float32), k.to(tl.float32)
@@ -343,6 +344,8 @@ class _LinearAttentionFn(torch.autograd.Function):
         scale, decay = ctx.scale, ctx.decay
         g = _Geometry(q, v)
         do = do if do.stride(-1) == 1 else do.contiguous()
+        # the final state's gradient is read as a dense (B*H, K, V) block (a sum's is a stride-0 view)
+        dh_last = None if dh_last is None else dh_last.float().contiguous()
         hs, _ = _states(g, k, v, gc, lg, decay, h0, store_final=False)
         dhs = torch.empty_like(hs)
         dh0 = torch.empty(g.B, g.H, g.K, g.V, device=q.device, dtype=torch.float32) if h0 is not None else None
@@ -354,11 +357,13 @@ class _LinearAttentionFn(torch.autograd.Function):
             DECAY=decay, HAS_DHT=dh_last is not None, STORE_DH0=h0 is not None,
             C=CHUNK, BK=g.BK_state, BV=g.BV_state, PRECISION=g.precision, num_warps=4,
         )
-        dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+        # dense gradients: an input broadcast over heads (stride 0) gets one gradient per head
+        dq, dk, dv = (torch.empty(x.shape, device=x.device, dtype=x.dtype) if 0 in x.stride() else torch.empty_like(x) for x in (q, k, v))
         dgc = torch.empty(g.BH, g.Tp, device=q.device, dtype=torch.float32) if decay == 2 else gc
         _grads[(g.N, g.BH)](
             q, k, v, do, gc, lg, hs, dhs, dq, dk, dv, dgc,
             *_strides(q), *_strides(k), *_strides(v), *_strides(do),
+            *_strides(dq), *_strides(dk), *_strides(dv),
             scale, g.T, g.Tp, g.H, g.K, g.V, g.N,
             DECAY=decay, C=CHUNK, BK=g.BK_full, BV=g.BV_out, PRECISION=g.precision, num_warps=g.warps,
         )
