@@ -17,8 +17,9 @@ from torch import Tensor, nn
 
 from longarena import models
 from longarena.config import Config, ConfigError
+from longarena.constants import IGNORE
 from longarena.models.backbone import CLASSIFIER_ONLY, ClassifierConfig, ModelConfig
-from longarena.tasks.base import IGNORE, Task
+from longarena.tasks.base import Task
 
 PRECISIONS = ("fp32", "bf16")
 DEVICES = ("auto", "cpu", "cuda")
