@@ -1,4 +1,4 @@
-"""What ``longarena train`` does, kept out of ``cli.py``: layer the run config (defaults,
+"""What ``longarena train`` does, kept out of ``cli/main.py``: layer the run config (defaults,
 preset, file, ``--set``, options), check it, build the model and train."""
 
 from __future__ import annotations
