@@ -13,7 +13,7 @@ import torch
 from longarena.config import ConfigError
 from longarena.train import configfile, presets
 from longarena.train.checkpoint import ResumeError
-from longarena.train.loop import TrainResult, model_for_task
+from longarena.train.objective import TrainResult, model_for_task
 from longarena.train.trainer import CONFIG_FILE, check_version, fit
 
 

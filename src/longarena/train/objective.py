@@ -1,8 +1,8 @@
-"""The training configuration, the model head per task, the loss and the evaluation.
+"""What a training run optimizes and how it is scored: the training configuration, the model
+head per task, the loss, the learning-rate schedule and parameter groups, and the evaluation.
 
-``train(model, task, config)`` is the one-call entry the arena and the tests use; it runs
-``longarena.train.trainer.fit`` without a run folder. ``fit`` adds what long runs need:
-a run folder with metrics, checkpoints and exact resume.
+The loop itself is :mod:`.trainer` (``train`` for one call, ``fit`` for run folders with
+metrics, checkpoints and exact resume); it builds on this module, never the reverse.
 """
 
 from __future__ import annotations
@@ -256,10 +256,3 @@ def param_groups(model: nn.Module, weight_decay: float, ssm_lr_scale: float = 1.
     if state_space:
         groups.append({"params": state_space, "weight_decay": 0.0, "lr_scale": ssm_lr_scale})
     return groups
-
-
-def train(model: nn.Module, task: Task, config: TrainConfig | None = None, *, progress: bool = False, description: str = "train") -> TrainResult:
-    """Train ``model`` on ``task`` for ``config.steps`` steps; evaluate on the validation split."""
-    from longarena.train.trainer import fit
-
-    return fit(model, task, config or TrainConfig(), progress=progress, description=description)
