@@ -67,7 +67,8 @@ class Registry(Generic[T]):
         if self._discovered:
             return
         pkg = importlib.import_module(self.package)
-        modules = [f"{self.package}.{i.name}" for i in pkgutil.iter_modules(pkg.__path__) if not i.name.startswith("_")]
+        own = [m.name for m in pkgutil.iter_modules(pkg.__path__) if not m.name.startswith("_")]
+        modules = [f"{self.package}.{name}" for name in own]
         for module in modules + _CONTRIBUTORS.get(self.package, []):
             try:
                 importlib.import_module(module)

@@ -123,8 +123,12 @@ def train(
             task=task, pattern=pattern, d_model=d_model, layers=layers, task_config=task_config, mixer_config=mixer_config,
             steps=steps, batch_size=batch_size, lr=lr, seed=seed, device=device, precision=precision, grad_accum=grad_accum,
         )
-        raw = train_cli.layered_config(preset=preset, config_file=config, sets=set_, options=options, out=out, resume=resume)
-        resolved, result = train_cli.run(raw, out=out, resume=resume, tensorboard=tensorboard, console=console)
+        raw = train_cli.layered_config(
+            preset=preset, config_file=config, sets=set_, options=options, out=out, resume=resume
+        )
+        resolved, result = train_cli.run(
+            raw, out=out, resume=resume, tensorboard=tensorboard, console=console
+        )
     except (KeyError, ValueError) as exc:
         _fail(str(exc))
     if train_cli.is_main_process():

@@ -48,7 +48,15 @@ from longarena.tasks.base import Task
 from longarena.train import checkpoint
 from longarena.train.checkpoint import ResumeError
 from longarena.train.configfile import FORMAT_VERSION, changed_keys, resume_conflicts
-from longarena.train.objective import TrainConfig, TrainResult, evaluate, loss_sum, lr_at, param_groups, scored_count
+from longarena.train.objective import (
+    TrainConfig,
+    TrainResult,
+    evaluate,
+    loss_sum,
+    lr_at,
+    param_groups,
+    scored_count,
+)
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
@@ -308,7 +316,14 @@ def _default_run_config(model: nn.Module, task: Task, config: TrainConfig) -> di
     return {"task": task.registry_name or type(task).__name__, "task_config": task.config.to_dict(), "model": model_fields, "train": config.to_dict()}
 
 
-def train(model: nn.Module, task: Task, config: TrainConfig | None = None, *, progress: bool = False, description: str = "train") -> TrainResult:
+def train(
+    model: nn.Module,
+    task: Task,
+    config: TrainConfig | None = None,
+    *,
+    progress: bool = False,
+    description: str = "train",
+) -> TrainResult:
     """Train ``model`` on ``task`` for ``config.steps`` steps; evaluate on the validation split.
 
     The one-call entry the arena and the tests use: ``fit`` without a run folder.
