@@ -1,7 +1,7 @@
 """Segment memory on CPU: remember a fact across N segments, each model with memory on vs off.
 
 A fact token sits in the first segment; the query at the end of the last segment asks
-for it (``longarena.memory.probes.fact_recall``; chance = 1 / n_facts). Each memory model
+for it (``longarena.tasks.segment_probes.fact_recall``; chance = 1 / n_facts). Each memory model
 is trained twice with the same seed and budget: with its memory carried between segments
 (full back-propagation through segments) and with the memory reset at every segment
 (``carry=False``: the same model, memory switched off). Accuracy is on 1024 held-out
@@ -25,8 +25,8 @@ import torch
 
 import longarena.memory  # noqa: F401  (registers the memory models)
 from longarena import models
-from longarena.memory.probes import FactRecallConfig, fact_recall
 from longarena.memory.runner import SavedTensorMeter, run_segments, state_numel, train_segments
+from longarena.tasks.segment_probes import FactRecallConfig, fact_recall
 
 SEGMENT = 8
 

@@ -31,7 +31,7 @@ from torch import nn
 from longarena import tasks
 from longarena.models.backbone import ModelConfig
 from longarena.train import TrainConfig, evaluate, fit, model_for_task
-from longarena.train.loop import loss_sum, param_groups
+from longarena.train.objective import loss_sum, param_groups
 from longarena.train.trainer import epoch_batches
 
 

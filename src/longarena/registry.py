@@ -21,11 +21,28 @@ class UnknownNameError(KeyError):
         return str(self.args[0])
 
 
+# registry package -> higher packages that also register into it (see ``contribute``)
+_CONTRIBUTORS: dict[str, list[str]] = {}
+
+
+def contribute(package: str, contributor: str) -> None:
+    """Let discovery of the registry of ``package`` also import package ``contributor``.
+
+    For a higher layer that registers components into a lower layer's registry (memory/
+    registers models): the lower package must not import it, so the package root, which
+    sits above every layer, declares it, and nothing is imported before a name is looked up.
+    """
+    contributors = _CONTRIBUTORS.setdefault(package, [])
+    if contributor not in contributors:
+        contributors.append(contributor)
+
+
 class Registry(Generic[T]):
     """Maps names to factories, with a one-line summary for ``longarena list``.
 
     ``package`` names the package whose modules register into this registry; they are
-    imported the first time a name is looked up.
+    imported the first time a name is looked up, and so are the packages that
+    ``contribute`` names for it.
     """
 
     def __init__(self, kind: str, package: str | None = None) -> None:
@@ -50,10 +67,9 @@ class Registry(Generic[T]):
         if self._discovered:
             return
         pkg = importlib.import_module(self.package)
-        for info in pkgutil.iter_modules(pkg.__path__):
-            if info.name.startswith("_"):
-                continue
-            module = f"{self.package}.{info.name}"
+        own = [m.name for m in pkgutil.iter_modules(pkg.__path__) if not m.name.startswith("_")]
+        modules = [f"{self.package}.{name}" for name in own]
+        for module in modules + _CONTRIBUTORS.get(self.package, []):
             try:
                 importlib.import_module(module)
             except Exception as exc:

@@ -11,8 +11,8 @@ import torch
 
 import longarena.memory  # noqa: F401  (registers the memory models)
 from longarena import models
-from longarena.memory.probes import FactRecallConfig, fact_recall
 from longarena.memory.runner import run_segments, train_segments
+from longarena.tasks.segment_probes import FactRecallConfig, fact_recall
 
 
 def _recall_accuracy(name: str, task: FactRecallConfig, steps: int, *, carry: bool = True, **config) -> float:

@@ -2,22 +2,37 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 
 import longarena.memory  # noqa: F401  (registers the memory models)
 from longarena import models
+from longarena.constants import IGNORE
 from longarena.memory.common import MemoryStateError
-from longarena.memory.probes import FactRecallConfig, fact_recall
 from longarena.memory.runner import run_segments
 from longarena.models import checkpoint
-from longarena.tasks.base import IGNORE
+from longarena.tasks.segment_probes import FactRecallConfig, fact_recall
 
 NAMES = ["transformer_xl", "compressive", "rmt", "memformer"]
 
 
 def test_names_are_registered():
     assert set(NAMES) <= set(models.names())
+
+
+def test_names_are_listed_without_importing_memory_first():
+    # a fresh interpreter: this one has imported longarena.memory above. models/ never imports
+    # memory/, so only discovery (declared by the package root) can bring its models in
+    code = (
+        "import sys; from longarena import models; "
+        "assert 'longarena.memory' not in sys.modules; "
+        "print(' '.join(models.names()))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert set(NAMES) <= set(out.split())
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -8,7 +8,7 @@ import torch
 
 from longarena.config import ConfigError
 from longarena.train import configfile, presets
-from longarena.train.loop import model_for_task
+from longarena.train.objective import model_for_task
 
 LRA_TASKS = ("listops", "text", "retrieval", "image", "pathfinder32", "pathx")
 FAMILIES = ("attention", "s4", "s5", "mamba", "performer", "linformer", "nystromformer", "longformer", "bigbird", "retnet", "mega", "hyena")

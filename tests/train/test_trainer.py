@@ -16,7 +16,7 @@ from longarena.tasks.base import IGNORE
 from longarena.train import TrainConfig, fit, model_for_task
 from longarena.train import checkpoint as train_checkpoint
 from longarena.train.checkpoint import ResumeError
-from longarena.train.loop import param_groups
+from longarena.train.objective import param_groups
 from longarena.train.trainer import _prefetched, _step_batches, accumulate_gradients, epoch_batches, step_shards
 
 SMALL = ModelConfig(d_model=16, n_layers=1, mixer={"attention": {"n_heads": 2}})

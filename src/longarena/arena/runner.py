@@ -35,7 +35,8 @@ from longarena.arena import studies
 from longarena.arena.suites import Cell, StudySpec, Suite
 from longarena.atomic import write_text
 from longarena.config import ConfigError
-from longarena.train.loop import model_for_task, train
+from longarena.train.objective import model_for_task
+from longarena.train.trainer import train
 
 #: bump when the cached files or results.json change shape; older run folders are refused
 FORMAT_VERSION = 2

@@ -13,40 +13,15 @@ markdown section body for the report.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 import traceback
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from longarena.arena.study_base import STUDIES, StudyFn, StudyResult, register
 from longarena.config import ConfigError
 
-
-@dataclasses.dataclass
-class StudyResult:
-    kind: str
-    title: str
-    #: JSON-able measurements (stored in results.json under the study)
-    data: dict[str, Any]
-    #: PNG files written into the report folder, relative to it
-    figures: list[str]
-    #: the body of the study's section in report.md (tables, a sentence on how to read them)
-    markdown: str
-    seconds: float = 0.0
-    error: str | None = None
-
-
-StudyFn = Callable[[dict[str, Any], Path, bool], StudyResult]
-STUDIES: dict[str, StudyFn] = {}
-
-
-def register(kind: str) -> Callable[[StudyFn], StudyFn]:
-    def wrap(fn: StudyFn) -> StudyFn:
-        STUDIES[kind] = fn
-        return fn
-
-    return wrap
+__all__ = ["STUDIES", "StudyFn", "StudyResult", "names", "register", "run_study"]
 
 
 def _load_builtin() -> None:

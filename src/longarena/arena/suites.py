@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from longarena.config import Config, ConfigError, read_mapping_file
-from longarena.train.loop import TrainConfig
+from longarena.train.objective import TrainConfig
 
 
 def _expect_types(config: Config, **types: type | tuple[type, ...]) -> None:

@@ -1,7 +1,7 @@
 """Evaluation runners and metrics: needle-in-a-haystack grids, lost-in-the-middle,
 perplexity vs length, LAMBADA, LongBench, induction-head scores.
 One small model adapter (``evals.adapter``) lets every runner evaluate LongArena LMs and
-Hugging Face LMs; ``evals.cli_support`` holds what ``longarena eval <name>`` calls.
+Hugging Face LMs; ``evals.runners`` holds the runners by name (what ``longarena eval <name>`` calls).
 
 ``names()`` lists the evals, ``get(name)`` returns its runner
 ``run(model, run_dir, **options) -> summary dict``.
@@ -16,13 +16,13 @@ from longarena.registry import UnknownNameError
 
 
 def names() -> list[str]:
-    from longarena.evals.cli_support import EVALS
+    from longarena.evals.runners import EVALS
 
     return sorted(EVALS)
 
 
 def get(name: str) -> Callable[..., dict[str, Any]]:
-    from longarena.evals.cli_support import EVALS
+    from longarena.evals.runners import EVALS
 
     if name not in EVALS:
         raise UnknownNameError(f"unknown eval {name!r}; known evals: {', '.join(sorted(EVALS))}")
@@ -30,6 +30,6 @@ def get(name: str) -> Callable[..., dict[str, Any]]:
 
 
 def summaries() -> dict[str, str]:
-    from longarena.evals.cli_support import EVALS
+    from longarena.evals.runners import EVALS
 
     return {name: (fn.__doc__ or "").strip().splitlines()[0] for name, fn in sorted(EVALS.items())}

@@ -14,11 +14,11 @@ Models (registered in ``longarena.models`` when this package is imported):
 
 :mod:`.runner` runs any of them (and the generic ``lm``) over sequences of any length:
 training with truncated back-propagation through segments or memory replay
-back-propagation, perplexity of long documents, and generation. :mod:`.probes` holds a
-seeded "remember a fact across N segments" task for checking that memory works.
+back-propagation, perplexity of long documents, and generation. The seeded "remember a
+fact across N segments" probe that checks memory works is :mod:`longarena.tasks.segment_probes`.
 """
 
-from longarena.memory import probes, runner
+from longarena.memory import runner
 from longarena.memory.compressive import CompressiveConfig, CompressiveMemory, CompressiveTransformer
 from longarena.memory.memformer import Memformer, MemformerConfig, MemformerMemory
 from longarena.memory.rmt import RecurrentMemoryTransformer, RMTConfig, RMTMemory
@@ -27,5 +27,5 @@ from longarena.memory.transformer_xl import TransformerXL, TransformerXLConfig, 
 __all__ = [
     "CompressiveConfig", "CompressiveMemory", "CompressiveTransformer", "Memformer", "MemformerConfig",
     "MemformerMemory", "RMTConfig", "RMTMemory", "RecurrentMemoryTransformer", "TransformerXL",
-    "TransformerXLConfig", "XLMemory", "probes", "runner",
+    "TransformerXLConfig", "XLMemory", "runner",
 ]

@@ -15,9 +15,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from longarena.config import Config, ConfigError
+from longarena.constants import IGNORE
 from longarena.models.backbone import SwiGLU
 from longarena.ops.attention import BACKENDS
-from longarena.tasks.base import IGNORE
 
 
 class MemoryStateError(ValueError):

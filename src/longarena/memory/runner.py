@@ -26,8 +26,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from longarena.constants import IGNORE
 from longarena.mixers.base import map_state
-from longarena.tasks.base import IGNORE
 
 
 @dataclasses.dataclass

@@ -1,10 +1,12 @@
 """Models built from mixers: the generic backbone (a per-layer mixer pattern, hybrids
 allowed) with causal-LM, sequence-classifier and dual-encoder heads; whole-model methods
-that are more than a mixer (Perceiver, segment-memory models); checkpoints as
-safetensors + config JSON; Hugging Face integration.
+that are more than a mixer (Perceiver); checkpoints as safetensors + config JSON; Hugging
+Face integration.
 
 Model classes register with ``@register(name)``; ``names()`` lists them and
-``get(name, **config)`` builds one from its dataclass config.
+``get(name, **config)`` builds one from its dataclass config. The segment-memory models
+live in :mod:`longarena.memory`, a layer above, and register here from there; discovery
+imports that package too (the package root declares it), so ``names()`` lists them.
 """
 
 from __future__ import annotations

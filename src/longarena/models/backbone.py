@@ -23,8 +23,8 @@ from torch import Tensor, nn
 
 from longarena import mixers
 from longarena.config import Config, ConfigError
+from longarena.constants import IGNORE
 from longarena.models import register
-from longarena.tasks.base import IGNORE
 
 
 NORMS = ("rms", "batch")

@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from longarena import positions
 from longarena.config import Config, ConfigError
+from longarena.constants import IGNORE
 from longarena.models import register
 from longarena.ops.attention import attention
 
@@ -313,5 +314,5 @@ class PerceiverAR(nn.Module):
         n = logits.shape[1]
         targets = input_ids[:, -n:]
         if mask is not None:
-            targets = targets.masked_fill(~mask[:, -n:], -100)
-        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100)
+            targets = targets.masked_fill(~mask[:, -n:], IGNORE)
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE)

@@ -12,16 +12,14 @@ LongArena) to a longer context; ``extend_checkpoint`` does it folder to folder.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from longarena.positions.base import REGISTRY, PositionConfig, PositionScheme, get, names, register, summaries
 
-from longarena.config import build_config
-from longarena.positions.base import PositionConfig, PositionScheme
-from longarena.registry import Registry
-
-REGISTRY: Registry[type[PositionScheme]] = Registry("position scheme", package=__name__)
+# The function ``extend`` deliberately shadows the submodule of the same name as a package
+# attribute; import the module's other names with ``from longarena.positions.extend import ...``.
+from longarena.positions.extend import extend, extend_checkpoint
 
 __all__ = [
+    "REGISTRY",
     "PositionConfig",
     "PositionScheme",
     "extend",
@@ -31,27 +29,3 @@ __all__ = [
     "register",
     "summaries",
 ]
-
-
-def register(name: str) -> Callable[[type[PositionScheme]], type[PositionScheme]]:
-    return REGISTRY.register(name)
-
-
-def names() -> list[str]:
-    return REGISTRY.names()
-
-
-def summaries() -> dict[str, str]:
-    return REGISTRY.summaries()
-
-
-def get(name: str, *, config: dict[str, Any] | None = None, **overrides: Any) -> PositionScheme:
-    """Build scheme ``name``; ``head_dim`` / ``n_heads`` come from the mixer using it."""
-    cls = REGISTRY.factory(name)
-    return cls(build_config(cls.config_class, config, overrides))
-
-
-# last: extend.py imports schemes that register themselves through ``register`` above. The
-# function ``extend`` deliberately shadows the submodule of the same name as a package
-# attribute; import the module's other names with ``from longarena.positions.extend import ...``.
-from longarena.positions.extend import extend, extend_checkpoint  # noqa: E402

@@ -13,17 +13,22 @@ A scheme tells an attention layer where tokens are, in one (or more) of four way
 Every method takes explicit integer position ids, so KV caches, chunked prefill, offset
 and packed sequences all work: a key is rotated once, at its own position, when it is
 written to the cache.
+
+The registry of schemes lives here too (``register``, ``names``, ``get``; the package
+re-exports them): scheme modules register through it, and ``extend.py``, which the package
+imports, uses schemes, so a registry in the package's ``__init__`` would make a file cycle.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
-from longarena.config import Config, ConfigError
+from longarena.config import Config, ConfigError, build_config
+from longarena.registry import Registry
 
 #: ``score_mod(score, b, h, q_idx, kv_idx) -> score`` as torch's ``flex_attention`` takes it
 ScoreMod = Callable[[Tensor, Tensor, Tensor, Tensor, Tensor], Tensor]
@@ -83,3 +88,25 @@ class PositionScheme(nn.Module):
     def embed(self, positions: Tensor, d_model: int) -> Tensor | None:
         """Absolute embedding (..., T, D) a model adds to its inputs, or None (not absolute)."""
         return None
+
+
+# discovery imports every scheme module of the package, not of this module
+REGISTRY: Registry[type[PositionScheme]] = Registry("position scheme", package="longarena.positions")
+
+
+def register(name: str) -> Callable[[type[PositionScheme]], type[PositionScheme]]:
+    return REGISTRY.register(name)
+
+
+def names() -> list[str]:
+    return REGISTRY.names()
+
+
+def summaries() -> dict[str, str]:
+    return REGISTRY.summaries()
+
+
+def get(name: str, *, config: dict[str, Any] | None = None, **overrides: Any) -> PositionScheme:
+    """Build scheme ``name``; ``head_dim`` / ``n_heads`` come from the mixer using it."""
+    cls = REGISTRY.factory(name)
+    return cls(build_config(cls.config_class, config, overrides))

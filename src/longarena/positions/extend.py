@@ -27,6 +27,8 @@ from typing import Any
 from torch import nn
 
 from longarena.config import ConfigError
+from longarena.positions.base import PositionScheme
+from longarena.positions.base import get as get_scheme
 from longarena.positions.rope import Rope
 from longarena.positions.rope_scaling import ntk_theta
 
@@ -164,8 +166,6 @@ def _extend_hf(model: nn.Module, method: str, factor: float, params: dict[str, A
 
 
 def _extend_longarena(model: nn.Module, method: str, factor: float, params: dict[str, Any]) -> nn.Module:
-    from longarena import positions
-
     targets = [
         (parent, attr, child)
         for parent in model.modules()
@@ -173,7 +173,7 @@ def _extend_longarena(model: nn.Module, method: str, factor: float, params: dict
         if type(child) is Rope
     ]
     if not targets:
-        found = sorted({type(m).__name__ for m in model.modules() if isinstance(m, positions.PositionScheme)})
+        found = sorted({type(m).__name__ for m in model.modules() if isinstance(m, PositionScheme)})
         raise ConfigError(
             f"{type(model).__name__} has no plain RoPE scheme to scale "
             f"(position schemes found: {found or 'none'}); "
@@ -185,7 +185,7 @@ def _extend_longarena(model: nn.Module, method: str, factor: float, params: dict
         )
     for parent, attr, rope in targets:
         position_params = {"theta": rope.config.theta, "factor": factor, **params}
-        scaled = positions.get(
+        scaled = get_scheme(
             method, head_dim=rope.config.head_dim, n_heads=rope.config.n_heads, **position_params
         ).to(rope.inv_freq.device)
         setattr(parent, attr, scaled)

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from longarena.positions import register
-from longarena.positions.base import PositionScheme
+from longarena.positions.base import PositionScheme, register
 
 
 @register("none")

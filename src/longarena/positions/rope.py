@@ -16,8 +16,7 @@ import torch
 from torch import Tensor
 
 from longarena.config import ConfigError
-from longarena.positions import register
-from longarena.positions.base import PositionConfig, PositionScheme
+from longarena.positions.base import PositionConfig, PositionScheme, register
 
 
 @dataclasses.dataclass

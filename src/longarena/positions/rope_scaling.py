@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from longarena.config import ConfigError
-from longarena.positions import register
+from longarena.positions.base import register
 from longarena.positions.rope import Rope, RopeConfig, apply_rotary, rope_inv_freq
 
 

@@ -26,8 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from longarena.config import ConfigError
-from longarena.positions import register
-from longarena.positions.base import PositionConfig, PositionScheme
+from longarena.positions.base import PositionConfig, PositionScheme, register
 from longarena.positions.sinusoidal import sinusoid_angles
 
 

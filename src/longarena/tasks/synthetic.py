@@ -25,8 +25,9 @@ import torch
 from torch import Tensor
 
 from longarena.config import ConfigError
+from longarena.constants import IGNORE
 from longarena.tasks import register
-from longarena.tasks.base import IGNORE, Task, TaskConfig
+from longarena.tasks.base import Task, TaskConfig
 
 
 def _lm_examples(seqs: Tensor, scored: Tensor) -> list[dict[str, Tensor]]:

@@ -27,7 +27,7 @@ from typing import Any
 from longarena import mixers, tasks
 from longarena.config import ConfigError, read_mapping_file
 from longarena.models.backbone import CLASSIFIER_ONLY, ClassifierConfig
-from longarena.train.loop import TrainConfig
+from longarena.train.objective import TrainConfig
 
 #: bump when the run folder layout changes; resuming a folder of another version is refused
 FORMAT_VERSION = 1

@@ -1,5 +1,6 @@
 """The training loop on Hugging Face accelerate: one device or several, fp32 or bf16,
 gradient accumulation, a run folder with metrics and checkpoints, and exact resume.
+``train(model, task, config)`` is the one-call entry (no run folder); ``fit`` the whole thing.
 
 Data: each epoch is one seeded permutation of the training split, cut into batches of
 ``batch_size`` examples (a last partial batch is dropped, so every step sees the same
@@ -47,7 +48,15 @@ from longarena.tasks.base import Task
 from longarena.train import checkpoint
 from longarena.train.checkpoint import ResumeError
 from longarena.train.configfile import FORMAT_VERSION, changed_keys, resume_conflicts
-from longarena.train.loop import TrainConfig, TrainResult, evaluate, loss_sum, lr_at, param_groups, scored_count
+from longarena.train.objective import (
+    TrainConfig,
+    TrainResult,
+    evaluate,
+    loss_sum,
+    lr_at,
+    param_groups,
+    scored_count,
+)
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
@@ -305,6 +314,21 @@ def _default_run_config(model: nn.Module, task: Task, config: TrainConfig) -> di
     for key in ("vocab_size", "num_classes"):
         model_fields.pop(key, None)
     return {"task": task.registry_name or type(task).__name__, "task_config": task.config.to_dict(), "model": model_fields, "train": config.to_dict()}
+
+
+def train(
+    model: nn.Module,
+    task: Task,
+    config: TrainConfig | None = None,
+    *,
+    progress: bool = False,
+    description: str = "train",
+) -> TrainResult:
+    """Train ``model`` on ``task`` for ``config.steps`` steps; evaluate on the validation split.
+
+    The one-call entry the arena and the tests use: ``fit`` without a run folder.
+    """
+    return fit(model, task, config or TrainConfig(), progress=progress, description=description)
 
 
 def fit(

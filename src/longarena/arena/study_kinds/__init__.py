@@ -1,4 +1,5 @@
-"""The built-in study kinds; importing this package registers them with ``longarena.arena.studies``.
+"""The built-in study kinds; importing this package registers them
+(``longarena.arena.study_base.register``); ``longarena.arena.studies`` runs them.
 
 - ``bench``: time and peak memory vs length of a few mixers and the installed peers.
 - ``state_recall``: MQAR accuracy vs recurrent state size (Zoology's figure).

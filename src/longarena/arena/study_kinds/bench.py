@@ -23,7 +23,7 @@ from typing import Any
 
 from longarena.arena.bench import BenchConfig, BenchReport, run_bench
 from longarena.arena.plots import markdown_table
-from longarena.arena.studies import StudyResult, register
+from longarena.arena.study_base import StudyResult, register
 
 DEFAULTS: dict[str, Any] = {
     "mixers": ("attention", "mamba", "s4d", "retnet", "hyena", "performer", "longformer"),

@@ -33,7 +33,7 @@ from typing import Any
 import torch
 
 from longarena.arena.plots import markdown_table, save_png
-from longarena.arena.studies import StudyResult, register
+from longarena.arena.study_base import StudyResult, register
 from longarena.arena.study_kinds.common import check_device, torch_threads
 from longarena.config import Config, ConfigError
 

@@ -30,7 +30,7 @@ import torch
 
 from longarena import mixers, tasks
 from longarena.arena.plots import markdown_table, plain_log_ticks, pyplot, save_png
-from longarena.arena.studies import StudyResult, register
+from longarena.arena.study_base import StudyResult, register
 from longarena.arena.study_kinds.common import torch_threads
 from longarena.config import Config, ConfigError
 
@@ -71,7 +71,8 @@ class StateRecallConfig(Config):
 def train_point(c: StateRecallConfig, task, mixer: str, width: int) -> dict[str, Any]:
     """Train one (mixer, width) LM on the task; its state size at the task's length and its accuracy."""
     from longarena.models.backbone import ModelConfig
-    from longarena.train.loop import TrainConfig, model_for_task, train
+    from longarena.train.objective import TrainConfig, model_for_task
+    from longarena.train.trainer import train
 
     overrides = c.mixer_config.get(mixer, {})
     torch.manual_seed(c.seed)

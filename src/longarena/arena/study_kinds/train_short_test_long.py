@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from longarena import mixers, positions
-from longarena.arena.studies import StudyResult, register
+from longarena.arena.study_base import StudyResult, register
 from longarena.arena.study_kinds.common import check_device, torch_threads
 from longarena.config import Config, ConfigError
 from longarena.models.backbone import SwiGLU

@@ -1,19 +1,19 @@
-"""What ``longarena eval <name> --model ...`` calls: model loading, run folders, one function per eval.
+"""The eval runners (what ``longarena eval <name> --model ...`` calls): model loading and one
+function per eval, registered by name in ``EVALS``.
 
 Every ``run_*`` function takes ``model`` (a spec string for ``load_model`` or a ready
 ``Adapter``) and ``run_dir`` (created if missing), writes ``<eval>.json`` (+ ``<eval>.png``)
 and ``run.json`` (the arguments and the model) into it, and returns a small summary dict
 ``{"eval", "model", "summary", "files"}`` for the CLI to print. ``progress(done, total,
-message)`` is optional; ``rich_progress()`` makes one that drives a rich progress bar.
+message)`` is optional; ``longarena.cli.evals.rich_progress()`` makes one that drives a rich
+progress bar.
 """
 
 from __future__ import annotations
 
-import contextlib
-import datetime as _dt
 import json
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -62,34 +62,6 @@ def load_model(
     if max_length is not None:
         adapter.max_length = max_length
     return adapter
-
-
-def new_run_dir(name: str, base: str | os.PathLike = "runs") -> Path:
-    """``<base>/eval-<name>-<UTC timestamp>``, created."""
-    stamp = _dt.datetime.now(_dt.UTC).strftime("%Y%m%d-%H%M%S")
-    path = Path(base) / f"eval-{name}-{stamp}"
-    path.mkdir(parents=True, exist_ok=False)
-    return path
-
-
-@contextlib.contextmanager
-def rich_progress(description: str = "eval") -> Iterator[Callable[[int, int, str], None]]:
-    """A ``progress(done, total, message)`` callback drawing a rich progress bar."""
-    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
-    from rich.progress import Progress as Bar
-
-    with Bar(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()) as bar:
-        task = bar.add_task(description, total=None)
-
-        def update(done: int, total: int, message: str) -> None:
-            bar.update(
-                task,
-                completed=done,
-                total=total,
-                description=f"{description}: {message}" if message else description,
-            )
-
-        yield update
 
 
 def _finish(
@@ -341,7 +313,7 @@ def run_induction(
     return _finish("induction", adapter, run_dir, files, summary, args)
 
 
-#: CLI name -> runner
+#: eval name (the CLI's too) -> runner
 EVALS: dict[str, Callable[..., dict[str, Any]]] = {
     "niah": run_niah,
     "passkey": run_passkey,

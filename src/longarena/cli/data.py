@@ -23,7 +23,8 @@ from typing import Any
 import numpy as np
 
 from longarena import tasks
-from longarena.tasks.base import IGNORE, SPLITS, Task
+from longarena.constants import IGNORE
+from longarena.tasks.base import SPLITS, Task
 
 
 def list_tasks() -> list[tuple[str, str, str]]:

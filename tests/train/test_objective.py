@@ -10,7 +10,7 @@ from longarena import tasks
 from longarena.config import ConfigError
 from longarena.models.backbone import LanguageModel, ModelConfig, SequenceClassifier
 from longarena.train import TrainConfig, evaluate, model_for_task, train
-from longarena.train.loop import _lr_at
+from longarena.train.objective import _lr_at
 
 SMALL = ModelConfig(d_model=32, n_layers=1, mixer={"attention": {"n_heads": 2}})
 

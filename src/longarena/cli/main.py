@@ -1,4 +1,4 @@
-"""The ``longarena`` command: a thin layer over the library."""
+"""The ``longarena`` command: a thin layer over the library and the helpers beside it in ``cli/``."""
 
 from __future__ import annotations
 
@@ -107,7 +107,8 @@ def train(
     list_presets: Annotated[bool, typer.Option(help="list the presets and exit")] = False,
 ) -> None:
     """Train a model on a task: from options, a config file or a preset; resumable run folders."""
-    from longarena.train import cli_support, presets
+    from longarena.cli import train as train_cli
+    from longarena.train import presets
 
     if list_presets:
         table = Table(title="presets", show_header=False, title_justify="left")
@@ -118,15 +119,19 @@ def train(
         console.print(table)
         return
     try:
-        options = cli_support.option_overrides(
+        options = train_cli.option_overrides(
             task=task, pattern=pattern, d_model=d_model, layers=layers, task_config=task_config, mixer_config=mixer_config,
             steps=steps, batch_size=batch_size, lr=lr, seed=seed, device=device, precision=precision, grad_accum=grad_accum,
         )
-        raw = cli_support.layered_config(preset=preset, config_file=config, sets=set_, options=options, out=out, resume=resume)
-        resolved, result = cli_support.run(raw, out=out, resume=resume, tensorboard=tensorboard, console=console)
+        raw = train_cli.layered_config(
+            preset=preset, config_file=config, sets=set_, options=options, out=out, resume=resume
+        )
+        resolved, result = train_cli.run(
+            raw, out=out, resume=resume, tensorboard=tensorboard, console=console
+        )
     except (KeyError, ValueError) as exc:
         _fail(str(exc))
-    if cli_support.is_main_process():
+    if train_cli.is_main_process():
         names = list(resolved.model.get("pattern") or ["attention"])
         console.print(
             f"{resolved.raw['task']} with {names}: validation accuracy {result.final['accuracy']:.3f}, "
@@ -253,7 +258,7 @@ def data_show(
     config: Annotated[Optional[list[str]], typer.Option("--config", help="task field, key=value (repeatable)")] = None,
 ) -> None:
     """Write a look at a task: summary.json, examples.txt and, for image tasks, sample PNGs."""
-    from longarena.tasks.cli_support import show
+    from longarena.cli.data import show
 
     try:
         paths = show(name, out / name, n=n, split=split, **_parse_pairs(config, "--config"))
@@ -270,7 +275,7 @@ def data_make(
     config: Annotated[Optional[list[str]], typer.Option("--config", help="task field, key=value (repeatable)")] = None,
 ) -> None:
     """Generate and cache every split of a task (progress bar; cached splits load instantly)."""
-    from longarena.tasks.cli_support import make
+    from longarena.cli.data import make
 
     try:
         report = make(name, workers=workers, **_parse_pairs(config, "--config"))
@@ -293,16 +298,18 @@ def eval_(
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="runner argument, key=value with JSON values, e.g. lengths=[1024,2048]")] = None,
 ) -> None:
     """Evaluate how a model uses long context; writes JSON and plots to a run folder."""
-    from longarena.evals import cli_support as cs
+    from longarena import evals
+    from longarena.cli.evals import new_run_dir, rich_progress
+    from longarena.evals.runners import load_model
 
-    if name not in cs.EVALS:
-        _fail(f"unknown eval {name!r}; known evals: {', '.join(cs.EVALS)}")
+    if name not in evals.names():
+        _fail(f"unknown eval {name!r}; known evals: {', '.join(evals.names())}")
     try:
         # runners take the spec itself (ppl reloads it per extension method) unless it is patched here
-        target = cs.load_model(model, extend=extend) if extend else model
-        run_dir = out if out is not None else cs.new_run_dir(name)
-        with cs.rich_progress(name) as progress:
-            result = cs.EVALS[name](target, run_dir, progress=progress, **_parse_pairs(set_, "--set"))
+        target = load_model(model, extend=extend) if extend else model
+        run_dir = out if out is not None else new_run_dir(name)
+        with rich_progress(name) as progress:
+            result = evals.get(name)(target, run_dir, progress=progress, **_parse_pairs(set_, "--set"))
     except (ValueError, FileNotFoundError, ImportError, TypeError) as exc:
         _fail(str(exc))
     console.print_json(json.dumps(result["summary"], default=str))

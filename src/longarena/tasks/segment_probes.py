@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from longarena.config import Config, ConfigError
-from longarena.tasks.base import IGNORE
+from longarena.constants import IGNORE
 
 
 @dataclasses.dataclass

@@ -1,8 +1,8 @@
-"""The training configuration, the model head per task, the loss and the evaluation.
+"""What a training run optimizes and how it is scored: the training configuration, the model
+head per task, the loss, the learning-rate schedule and parameter groups, and the evaluation.
 
-``train(model, task, config)`` is the one-call entry the arena and the tests use; it runs
-``longarena.train.trainer.fit`` without a run folder. ``fit`` adds what long runs need:
-a run folder with metrics, checkpoints and exact resume.
+The loop itself is :mod:`.trainer` (``train`` for one call, ``fit`` for run folders with
+metrics, checkpoints and exact resume); it builds on this module, never the reverse.
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ from torch import Tensor, nn
 
 from longarena import models
 from longarena.config import Config, ConfigError
+from longarena.constants import IGNORE
 from longarena.models.backbone import CLASSIFIER_ONLY, ClassifierConfig, ModelConfig
-from longarena.tasks.base import IGNORE, Task
+from longarena.tasks.base import Task
 
 PRECISIONS = ("fp32", "bf16")
 DEVICES = ("auto", "cpu", "cuda")
@@ -256,10 +257,3 @@ def param_groups(model: nn.Module, weight_decay: float, ssm_lr_scale: float = 1.
     if state_space:
         groups.append({"params": state_space, "weight_decay": 0.0, "lr_scale": ssm_lr_scale})
     return groups
-
-
-def train(model: nn.Module, task: Task, config: TrainConfig | None = None, *, progress: bool = False, description: str = "train") -> TrainResult:
-    """Train ``model`` on ``task`` for ``config.steps`` steps; evaluate on the validation split."""
-    from longarena.train.trainer import fit
-
-    return fit(model, task, config or TrainConfig(), progress=progress, description=description)

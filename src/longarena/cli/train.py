@@ -1,4 +1,4 @@
-"""What ``longarena train`` does, kept out of ``cli.py``: layer the run config (defaults,
+"""What ``longarena train`` does, kept out of ``cli/main.py``: layer the run config (defaults,
 preset, file, ``--set``, options), check it, build the model and train."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import torch
 from longarena.config import ConfigError
 from longarena.train import configfile, presets
 from longarena.train.checkpoint import ResumeError
-from longarena.train.loop import TrainResult, model_for_task
+from longarena.train.objective import TrainResult, model_for_task
 from longarena.train.trainer import CONFIG_FILE, check_version, fit
 
 
