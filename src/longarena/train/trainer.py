@@ -353,8 +353,7 @@ def fit(
         console.print(f"resuming with changed settings: {', '.join(changed)}")
 
     model.to(acc.device).train()
-    ckpt_path = checkpoint.latest(run.path) if run is not None and resume else None
-    state = checkpoint.load(ckpt_path, rank) if ckpt_path is not None else None
+    ckpt_path, state = checkpoint.load_latest(run.path, rank) if run is not None and resume else (None, None)
     if state is not None:
         model.load_state_dict(state["model"])
     groups = param_groups(model, config.weight_decay, (config.ssm_lr or config.lr) / config.lr)
