@@ -40,7 +40,7 @@ from torch import Tensor, nn
 
 import longarena
 from longarena import models
-from longarena.atomic import write_text
+from longarena.atomic import temporary_name, write_text
 from longarena.config import ConfigError
 from longarena.jsonl import CorruptFileError, read_records
 from longarena.models.backbone import Block
@@ -281,7 +281,7 @@ class RunFolder:
         """Write the final weights (the model's full state dict) and results."""
         if not self.main:
             return
-        tmp = self.path / f".{WEIGHTS_FILE}.tmp"
+        tmp = temporary_name(self.path / WEIGHTS_FILE)
         save_file(checkpoint.tensors_for_saving(weights), str(tmp))
         os.replace(tmp, self.path / WEIGHTS_FILE)
         write_text(self.path / RESULTS_FILE, json.dumps(results, indent=2))
