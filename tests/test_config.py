@@ -77,3 +77,27 @@ def test_optional_tuple_fields_round_trip():
 
     config = WithOptionalTuple(gammas=(0.9, 0.99))
     assert WithOptionalTuple.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+
+
+@pytest.mark.parametrize("bad", [float("inf"), float("-inf"), float("nan")])
+def test_non_finite_numbers_are_refused_naming_the_field(bad):
+    """A component's own range check speaks first; the generic check catches what it lets
+    through (inf passes ``lr > 0``)."""
+    from longarena.train import TrainConfig
+
+    with pytest.raises(ConfigError, match=r"lr"):
+        TrainConfig(lr=bad)
+    with pytest.raises(ConfigError, match=r"betas"):
+        TrainConfig.from_dict({"betas": [0.9, bad]})
+    # as a run file or --set may hold them: json reads Infinity and NaN
+    with pytest.raises(ConfigError, match=r"lr"):
+        TrainConfig.from_dict(json.loads('{"lr": %s}' % json.dumps(bad)))
+    with pytest.raises(ConfigError, match=r"AttentionConfig\.position_params\.theta must be a finite number"):
+        mixers.get("attention", 16, position_params={"theta": bad})
+
+
+def test_inf_learning_rate_is_refused_at_validation():
+    from longarena.train import TrainConfig
+
+    with pytest.raises(ConfigError, match=r"TrainConfig\.lr must be a finite number, got inf"):
+        TrainConfig(lr=float("inf"))

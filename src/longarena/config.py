@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import types
 import typing
@@ -26,7 +27,9 @@ class Config:
     """
 
     def __post_init__(self) -> None:
-        self.validate()
+        self.validate()  # first: a component's own message says more than the generic one
+        for f in dataclasses.fields(self):
+            _refuse_non_finite(getattr(self, f.name), f"{type(self).__name__}.{f.name}")
 
     def validate(self) -> None:
         """Raise ``ConfigError`` for values out of range. Default: nothing to check."""
@@ -60,6 +63,22 @@ class Config:
 
     def replace(self: C, **changes: Any) -> C:
         return dataclasses.replace(self, **changes)
+
+
+def _refuse_non_finite(value: Any, name: str) -> None:
+    """No config number may be inf or NaN (JSON and YAML can both write them): checked for
+    every config at construction, since range checks such as ``lr > 0`` let inf through, to
+    fail steps later in a traceback."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{name} must be a finite number, got {value}")
+    if isinstance(value, (list, tuple)):
+        if any(isinstance(v, float) and not math.isfinite(v) for v in value):
+            raise ConfigError(f"{name} must be finite numbers, got {list(value)}")
+        for v in value:
+            _refuse_non_finite(v, name)
+    elif isinstance(value, dict):
+        for key, v in value.items():
+            _refuse_non_finite(v, f"{name}.{key}")
 
 
 def _tuple_hint(hint: Any) -> Any:

@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from longarena.atomic import temporary_name
+
 
 def pyplot():
     """matplotlib.pyplot on the file-only Agg backend."""
@@ -31,7 +33,7 @@ def save_png(fig: Any, path: str | os.PathLike, *, dpi: int = 120, **savefig_kwa
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = temporary_name(path)
     try:
         fig.savefig(tmp, dpi=dpi, format="png", **savefig_kwargs)
         os.replace(tmp, path)

@@ -76,9 +76,40 @@ def test_corrupt_cell_file_is_rerun(tmp_path, counted):
     path = next((tmp_path / "cells").glob("associative_recall__s4d__*.json"))
     path.write_text("{ not json")
     counted.clear()
-    run_suite(suite, tmp_path)
+    with pytest.warns(UserWarning, match=rf"cached result {path} is not valid JSON"):
+        run_suite(suite, tmp_path)
     assert counted == [("associative_recall", "s4d")]
     assert json.loads(path.read_text())["format_version"] == FORMAT_VERSION
+
+
+@pytest.mark.parametrize("damage", [
+    lambda d: d.pop("result"),
+    lambda d: d["result"].pop("accuracy"),
+    lambda d: d["result"].update(accuracy="high"),
+    lambda d: d["result"].update(accuracy=7.5),
+    lambda d: d["result"].update(accuracy=float("nan")),
+    lambda d: d["result"].update(loss=float("inf")),
+    lambda d: d["result"].update(surprise=1),
+    lambda d: d["result"].update(parameters=-3),
+    lambda d: d["result"].update(curve=[[1, "x"]]),
+    lambda d: d.update(key="0" * 16),
+    lambda d: d.clear(),
+], ids=["no-result", "no-accuracy", "accuracy-str", "accuracy-7.5", "accuracy-nan", "loss-inf", "extra-field",
+        "negative-parameters", "bad-curve", "other-key", "empty"])
+def test_a_wrong_cached_cell_is_rerun_with_a_warning_naming_it(tmp_path, counted, damage):
+    suite = tiny_suite(cells=tiny_suite().cells[:1], studies=())
+    first = run_suite(suite, tmp_path)
+    path = next((tmp_path / "cells").glob("associative_recall__s4d__*.json"))
+    data = json.loads(path.read_text())
+    damage(data)
+    path.write_text(json.dumps(data))  # valid JSON (NaN and inf as Python writes them), wrong content
+    counted.clear()
+    with pytest.warns(UserWarning, match=rf"cached result {path} .*; running it again"):
+        second = run_suite(suite, tmp_path)
+    assert counted == [("associative_recall", "s4d")]
+    assert [c.cached for c in second.cells] == [True, False]
+    assert 0 <= second.cells[1].accuracy <= 1 and first.cells[0].accuracy == second.cells[0].accuracy
+    assert json.loads(path.read_text())["result"]["accuracy"] == second.cells[1].accuracy
 
 
 def test_failed_cells_are_reported_not_cached(tmp_path, counted):

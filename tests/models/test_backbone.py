@@ -130,6 +130,9 @@ def test_checkpoint_with_mismatched_config_is_refused(tmp_path):
         checkpoint.load(tmp_path / "ck")
     with pytest.raises(CheckpointError, match="missing config.json"):
         checkpoint.load(tmp_path / "nothing")
+    (tmp_path / "ck" / "config.json").write_text('{"model": "lm", ')
+    with pytest.raises(CheckpointError, match=rf"{tmp_path / 'ck' / 'config.json'} is not valid JSON"):
+        checkpoint.load(tmp_path / "ck")
     with pytest.raises(CheckpointError, match="expected 'classifier'"):
         checkpoint.save(tiny_lm(), tmp_path / "ck2")
         checkpoint.load(tmp_path / "ck2", expect="classifier")

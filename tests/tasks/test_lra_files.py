@@ -115,3 +115,86 @@ def test_image_validation_defaults_and_missing(tmp_path):
     (tmp_path / "cifar-10-batches-py" / "data_batch_3").unlink()
     with pytest.raises(MissingDataError, match="data_batch_3"):
         tasks.get("lra_image", data_dir=str(tmp_path)).split("test")
+
+
+class _TouchOnLoad:
+    """Unpickling this object opens ``path`` for writing: a payload that leaves a trace."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_image_refuses_a_batch_that_would_run_code(tmp_path):
+    _cifar(tmp_path)
+    # the payload is live: a plain unpickler runs it
+    control = tmp_path / "control"
+    pickle.loads(pickle.dumps(_TouchOnLoad(control))).close()
+    assert control.exists()
+    marker = tmp_path / "marker"
+    crafted = tmp_path / "cifar-10-batches-py" / "test_batch"
+    data = np.zeros((1, 3072), dtype=np.uint8)
+    with open(crafted, "wb") as f:
+        pickle.dump({b"data": data, b"labels": [0], b"filenames": [_TouchOnLoad(marker)]}, f)
+    with pytest.raises(ValueError, match=r"test_batch[\s\S]*io\.open[\s\S]*CIFAR-10") as err:
+        tasks.get("lra_image", data_dir=str(tmp_path), validation_size=0).split("test")
+    assert not marker.exists()
+    assert "official" in str(err.value)
+    # an object array would unpickle its cells as arbitrary objects: refused by its dtype
+    with open(crafted, "wb") as f:
+        pickle.dump({b"data": np.array([[1, 2]], dtype=object), b"labels": [0]}, f)
+    with pytest.raises(ValueError, match=r"test_batch: refused to load an array of dtype object"):
+        tasks.get("lra_image", data_dir=str(tmp_path), validation_size=0).split("test")
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_image_reads_batches_of_every_pickle_protocol(tmp_path, protocol):
+    """The official files are Python 2 pickles (protocol 2, keys as bytes); a batch
+    re-saved by Python 3 and NumPy 2 uses other globals and opcodes and is read the same."""
+    batches = _cifar(tmp_path)
+    data, labels = batches["test_batch"]
+    with open(tmp_path / "cifar-10-batches-py" / "test_batch", "wb") as f:
+        pickle.dump({b"batch_label": b"testing batch 1 of 1", b"labels": labels, b"data": data,
+                     b"filenames": [b"a.png", b"b.png", b"c.png", b"d.png"]}, f, protocol=protocol)
+    test = tasks.get("lra_image", data_dir=str(tmp_path), grayscale=False).split("test")
+    assert [int(ex["label"]) for ex in test] == labels
+    assert test[0]["input_ids"][:3].tolist() == [int(data[0, c * 1024]) for c in range(3)]
+
+
+def _python2_pickle(data, labels):
+    """A batch as Python 2's cPickle wrote the official files: protocol 2, str (bytes)
+    keys and raw data as SHORT_BINSTRING/BINSTRING, numpy 1's ``numpy.core`` globals."""
+    import struct
+
+    def s(b):
+        return (b"U" + bytes([len(b)]) if len(b) < 256 else b"T" + struct.pack("<i", len(b))) + b
+
+    def i(n):
+        return b"J" + struct.pack("<i", n)
+
+    out = b"\x80\x02}(" + s(b"labels") + b"](" + b"".join(i(y) for y in labels) + b"e"
+    out += s(b"data") + b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\n"
+    out += i(0) + b"\x85" + s(b"b") + b"\x87R"  # _reconstruct(ndarray, (0,), b"b")
+    out += b"(" + i(1) + i(data.shape[0]) + i(data.shape[1]) + b"\x86"
+    out += b"cnumpy\ndtype\n" + s(b"u1") + i(0) + i(1) + b"\x87R"  # dtype("u1", 0, 1)
+    out += b"(" + i(3) + s(b"|") + b"NNN" + i(-1) + i(-1) + i(0) + b"tb" + b"\x89" + s(data.tobytes()) + b"tb"
+    return out + b"u."
+
+
+def test_image_reads_a_python2_batch(tmp_path):
+    batches = _cifar(tmp_path)
+    data, labels = batches["test_batch"]
+    (tmp_path / "cifar-10-batches-py" / "test_batch").write_bytes(_python2_pickle(data, labels))
+    test = tasks.get("lra_image", data_dir=str(tmp_path), grayscale=False).split("test")
+    assert [int(ex["label"]) for ex in test] == labels
+    assert test[0]["input_ids"][:3].tolist() == [int(data[0, c * 1024]) for c in range(3)]
+
+
+def test_image_names_a_truncated_batch(tmp_path):
+    _cifar(tmp_path)
+    path = tmp_path / "cifar-10-batches-py" / "test_batch"
+    path.write_bytes(path.read_bytes()[:200])
+    with pytest.raises(ValueError, match=r"test_batch.*cannot be read as a CIFAR-10 Python batch"):
+        tasks.get("lra_image", data_dir=str(tmp_path), validation_size=0).split("test")

@@ -144,6 +144,9 @@ def test_bad_input_is_explained(tmp_path):
     assert refused.exit_code == 2 and "format_version" in refused.output and "new run folder" in refused.output
     missing = _train("--out", str(tmp_path / "nothing"), "--resume")
     assert missing.exit_code == 2 and "nothing to resume" in missing.output
+    (old / "config.json").write_text('{"format_version": 1, ')
+    torn = _train("--out", str(old), "--resume")
+    assert torn.exit_code == 2 and "config.json is not valid JSON" in torn.output.replace("\n", "")
 
 
 def _torchrun(*args: str, env: dict[str, str] | None = None, **popen) -> subprocess.Popen:

@@ -213,3 +213,62 @@ def test_batch_that_cannot_be_filled_or_split_is_refused(task):
         fit(_model(task), task, TrainConfig(steps=1, batch_size=256, device="cpu"))
     with pytest.raises(ConfigError, match="divide batch_size"):
         TrainConfig(batch_size=10, grad_accum=3)
+
+
+def _killed_run(task, run, config, kill_after_saves):
+    """A run killed (KeyboardInterrupt) after its ``kill_after_saves``-th checkpoint save."""
+    calls = {"n": 0}
+    real_save = train_checkpoint.save
+
+    def save_then_die(*args, **kwargs):
+        real_save(*args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == kill_after_saves:
+            raise KeyboardInterrupt
+
+    train_checkpoint.save = save_then_die
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            fit(_model(task), task, config, run_dir=run)
+    finally:
+        train_checkpoint.save = real_save
+
+
+def test_a_torn_last_metrics_line_is_dropped_with_a_warning(task, tmp_path):
+    config = TrainConfig(steps=6, batch_size=16, eval_batches=1, checkpoint_every=2, device="cpu")
+    run = tmp_path / "run"
+    _killed_run(task, run, config, kill_after_saves=2)
+    metrics = run / "metrics.jsonl"
+    with metrics.open("ab") as f:  # the kill tore the line being appended, mid-character
+        f.write('{"step": 5, "loss": 0.5, "note": "é'.encode()[:-1])
+    with pytest.warns(UserWarning, match=rf"{metrics}:5 .*torn.*dropped"):
+        fit(_model(task), task, config, run_dir=run, resume=True)
+    lines = [json.loads(line) for line in metrics.read_text().splitlines()]
+    assert [r["step"] for r in lines if not r.get("final")] == [1, 2, 3, 4, 5, 6]
+    # a bad line before the last is not a torn append: refused, naming the line
+    metrics.write_text(metrics.read_text().replace('{"step": 2,', '{"step": 2', 1))
+    with pytest.raises(ResumeError, match=rf"{metrics}:2 is not valid JSON"):
+        fit(_model(task), task, config, run_dir=run, resume=True)
+
+
+def test_resume_never_restarts_silently_from_step_0(task, tmp_path):
+    config = TrainConfig(steps=6, batch_size=16, eval_batches=1, checkpoint_every=2, device="cpu")
+    run = tmp_path / "run"
+    _killed_run(task, run, config, kill_after_saves=2)
+    # killed before any checkpoint: nothing was saved, so step 0 is where it resumes
+    early = tmp_path / "early"
+    _killed_run(task, early, config.replace(checkpoint_every=5), kill_after_saves=1)
+    import shutil
+
+    shutil.rmtree(early / "checkpoint")
+    fit(_model(task), task, config.replace(checkpoint_every=5), run_dir=early, resume=True)
+    # an unreadable state.json: the only checkpoint fails its check, and resume is refused
+    state = run / "checkpoint" / "state.json"
+    state.write_text("{")
+    with pytest.raises(ResumeError, match=rf"no checkpoint in {run} can be resumed[\s\S]*{state}"):
+        fit(_model(task), task, config, run_dir=run, resume=True)
+    # a run whose metrics show a completed checkpoint, with every checkpoint gone
+    shutil.rmtree(run / "checkpoint")
+    with pytest.raises(ResumeError, match=rf"{run}: metrics.jsonl records training to step 4[\s\S]*no checkpoint"):
+        fit(_model(task), task, config, run_dir=run, resume=True)
+    assert json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 4  # nothing trimmed

@@ -19,10 +19,12 @@ import dataclasses
 import datetime
 import hashlib
 import json
+import math
 import os
 import platform
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -245,13 +247,88 @@ def run_cell(cell: Cell, mixer: str, *, progress: bool = False, task: Any = None
                           f"{type(exc).__name__}: {exc}", cpu_seconds=time.process_time() - cpu_start, task_kind=task.kind)
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
-    """A cached file's content, or None when it is missing or unreadable (it is then re-run)."""
+def _read_cached(path: Path, key: str, problem_of: Callable[[Any], str | None]) -> dict[str, Any] | None:
+    """The cached file at ``path`` for ``key``, or None to run it (again): when it is missing,
+    or, with a warning naming it, unreadable, of another format or key, or when
+    ``problem_of(its result)`` finds something wrong."""
+    if not path.is_file():
+        return None
     try:
         data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) and data.get("format_version") == FORMAT_VERSION else None
+    except (OSError, ValueError) as exc:
+        problem = f"is not valid JSON ({exc})"
+    else:
+        if not isinstance(data, dict):
+            problem = f"holds a JSON {type(data).__name__}, expected an object"
+        elif data.get("format_version") != FORMAT_VERSION:
+            problem = f"has format_version {data.get('format_version')!r}, expected {FORMAT_VERSION}"
+        elif data.get("key") != key:
+            problem = f"holds key {data.get('key')!r}, expected {key!r} (its file name's)"
+        elif not isinstance(data.get("result"), dict):
+            problem = "has no result object"
+        else:
+            problem = problem_of(data["result"])
+    if problem is None:
+        return data
+    warnings.warn(f"cached result {path} {problem}; running it again", stacklevel=3)
+    return None
+
+
+def _fields_problem(result: dict[str, Any], cls: type) -> str | None:
+    names = {f.name for f in dataclasses.fields(cls)}
+    required = {f.name for f in dataclasses.fields(cls)
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
+    if missing := sorted(required - set(result)):
+        return f"lacks {', '.join(missing)}"
+    if extra := sorted(set(result) - names):
+        return f"has unknown fields {', '.join(extra)}"
+    return None
+
+
+def _number(value: Any) -> bool:
+    """A finite JSON number (not a bool, which Python counts as an int)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _cell_problem(result: dict[str, Any]) -> str | None:
+    """What is wrong with a cached cell result (only finished cells are cached), or None."""
+    if problem := _fields_problem(result, CellResult):
+        return problem
+    natural = lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0  # noqa: E731
+    checks = {
+        "task": isinstance(result["task"], str),
+        "mixer": isinstance(result["mixer"], str),
+        "accuracy": _number(result["accuracy"]) and 0 <= result["accuracy"] <= 1,
+        "loss": result["loss"] is None or _number(result["loss"]),
+        "parameters": natural(result["parameters"]),
+        "state_size": result["state_size"] is None or natural(result["state_size"]),
+        "seconds": _number(result["seconds"]) and result["seconds"] >= 0,
+        "cpu_seconds": _number(result.get("cpu_seconds", 0.0)) and result.get("cpu_seconds", 0.0) >= 0,
+        "error": result.get("error") is None,
+        "task_kind": isinstance(result.get("task_kind", ""), str),
+        "curve": isinstance(result.get("curve", []), list) and all(
+            isinstance(p, list) and len(p) == 2 and _number(p[0]) and (p[1] is None or _number(p[1]))
+            for p in result.get("curve", [])
+        ),
+    }
+    expected = {
+        "accuracy": "a finite number in [0, 1]", "loss": "a finite number or null", "parameters": "an integer >= 0",
+        "state_size": "an integer >= 0 or null", "seconds": "a finite number >= 0",
+        "cpu_seconds": "a finite number >= 0", "error": "null (failed cells are not cached)",
+        "curve": "a list of [step, loss] pairs",
+    }
+    for name, ok in checks.items():
+        if not ok:
+            return f"has {name} {result.get(name)!r}, expected {expected.get(name, 'a string')}"
+    return None
+
+
+def _study_problem(result: dict[str, Any]) -> str | None:
+    if problem := _fields_problem(result, studies.StudyResult):
+        return problem
+    if result.get("error") is not None:
+        return "records an error (failed studies are not cached)"
+    return None
 
 
 def check_run_folder(out_dir: Path, *, fresh: bool = False) -> None:
@@ -341,8 +418,8 @@ def _run(suite: Suite, plan: list, out: Path | None, *, only: list[str] | None, 
         for name in names:
             key = cell_key(cell, name, task)
             path = out / "cells" / f"{cell.task}__{name}__{key}.json" if out is not None else None
-            cached = None if fresh or path is None else _read_json(path)
-            if cached is not None and cached.get("key") == key:
+            cached = None if fresh or path is None else _read_cached(path, key, _cell_problem)
+            if cached is not None:
                 result = CellResult(**{**cached["result"], "cached": True})
             else:
                 if not data_ready:  # generated once per cell, outside every mixer's timing
@@ -394,8 +471,8 @@ def _run_study(spec: StudySpec, out: Path | None, *, fresh: bool, progress: bool
     key = study_key(spec)
     folder = f"studies/{spec.kind}__{key}"
     if out is not None and not fresh:
-        cached = _read_json(out / folder / "result.json")
-        if cached is not None and cached.get("key") == key:
+        cached = _read_cached(out / folder / "result.json", key, _study_problem)
+        if cached is not None:
             say(f"  study {spec.kind:<22} cached")
             return StudyRecord(spec, studies.StudyResult(**cached["result"]), folder, key, cached=True)
     say(f"  study {spec.kind:<22} running")

@@ -3,14 +3,13 @@ preset, file, ``--set``, options), check it, build the model and train."""
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from longarena.config import ConfigError
+from longarena.config import ConfigError, read_mapping_file
 from longarena.train import configfile, presets
 from longarena.train.checkpoint import ResumeError
 from longarena.train.objective import TrainResult, model_for_task
@@ -66,7 +65,7 @@ def layered_config(
     if resume and preset is None and config_file is None:
         if not (out / CONFIG_FILE).is_file():
             raise ResumeError(f"nothing to resume in {out}: it has no {CONFIG_FILE}")
-        check_version(json.loads((out / CONFIG_FILE).read_text()), out)
+        check_version(read_mapping_file(out / CONFIG_FILE, "run config", "format_version and run"), out)
         raw = configfile.read_file(out / CONFIG_FILE)
     else:
         raw = configfile.defaults()

@@ -20,6 +20,7 @@ from torch import nn
 
 import longarena
 from longarena import models
+from longarena.config import ConfigError, read_mapping_file
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -69,7 +70,10 @@ def load(path: str | os.PathLike, *, map_location: str | torch.device = "cpu", e
     missing = [f for f in (CONFIG_FILE, WEIGHTS_FILE) if not (path / f).is_file()]
     if missing:
         raise CheckpointError(f"{path} is not a LongArena checkpoint: missing {', '.join(missing)}")
-    meta = json.loads((path / CONFIG_FILE).read_text())
+    try:
+        meta = read_mapping_file(path / CONFIG_FILE, "checkpoint config", "model and config")
+    except ConfigError as exc:
+        raise CheckpointError(str(exc)) from exc
     name = meta.get("model")
     if expect is not None and name != expect:
         raise CheckpointError(f"{path} holds a {name!r} model, expected {expect!r}")

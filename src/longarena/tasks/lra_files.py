@@ -15,7 +15,9 @@ the folder, and a missing file is reported with the exact names expected.
 - ``lra_image``: CIFAR-10 (Krizhevsky 2009) as a sequence of pixels. Expects the Python
   version's ``cifar-10-batches-py/{data_batch_1..5,test_batch}``. LRA turns the image to
   grey (ITU-R 601 luma, 1024 tokens of 0-255); ``grayscale=False`` keeps the colour as
-  3072 tokens, pixel by pixel with R, G, B interleaved.
+  3072 tokens, pixel by pixel with R, G, B interleaved. The batches are pickles; they are read
+  by an unpickler that resolves only the globals of numpy arrays, so a crafted file is
+  refused before it can run code.
 
 Validation: LRA evaluates Text and Retrieval on their test sets and has no separate
 validation split for Text, so ``lra_text`` uses the test set as validation unless
@@ -236,6 +238,92 @@ class ImageConfig(FileTaskConfig):
 CIFAR_TRAIN = [f"data_batch_{i}" for i in range(1, 6)]
 
 
+class UnsafeDataError(ValueError):
+    """A data file holds something its format does not, such as a pickled call."""
+
+
+# numpy's own functions, taken from its reduce: a file written under numpy 1.x names them in
+# numpy.core, one written under 2.x in numpy._core, and importing the old alias warns
+_NUMPY_RECONSTRUCT = np.zeros(0).__reduce__()[0]
+_NUMPY_FROMBUFFER = np.zeros(0).__reduce_ex__(5)[0]
+
+
+def _reconstruct(subtype, shape, dtype):
+    if subtype is not np.ndarray:
+        raise UnsafeDataError(f"an array of type {subtype!r}")
+    return _NUMPY_RECONSTRUCT(subtype, shape, dtype)
+
+
+def _dtype(*args):
+    dtype = np.dtype(*args)
+    if dtype.hasobject:  # an object array would unpickle arbitrary objects into its cells
+        raise UnsafeDataError(f"an array of dtype {dtype} (Python objects)")
+    return dtype
+
+
+def _latin1(text, encoding):
+    # Python 3 writes bytes as _codecs.encode(str, "latin1") in protocols below 3
+    if encoding != "latin1" or not isinstance(text, str):
+        raise UnsafeDataError(f"_codecs.encode to {encoding!r}")
+    return text.encode("latin1")
+
+
+# Everything a CIFAR-10 batch needs beyond the built-in dicts, lists, bytes, str and ints
+# (which need no global): arrays as numpy pickles them in protocols 2 to 5.
+_CIFAR_GLOBALS = {
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): _dtype,
+    ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
+    ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
+    ("numpy.core.numeric", "_frombuffer"): _NUMPY_FROMBUFFER,
+    ("numpy._core.numeric", "_frombuffer"): _NUMPY_FROMBUFFER,
+    ("_codecs", "encode"): _latin1,
+}
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        try:
+            return _CIFAR_GLOBALS[module, name]
+        except KeyError:
+            raise UnsafeDataError(f"{module}.{name}") from None
+
+
+def read_cifar_batch(path: Path) -> dict[bytes, object]:
+    """One CIFAR-10 Python batch, without running code:
+    ``{b"data": (N, 3072) uint8, b"labels": N ints 0-9, ...}``.
+
+    The official files are pickles, and a plain ``pickle.load`` would call whatever a crafted
+    file names. Only the globals numpy's array pickles need are resolved; any other one
+    is refused before it is called.
+    """
+    official = "Use the official cifar-10-batches-py files (https://www.cs.toronto.edu/~kriz/cifar.html)."
+    try:
+        with path.open("rb") as f:
+            batch = _CifarUnpickler(f, encoding="bytes").load()
+    except UnsafeDataError as exc:
+        raise UnsafeDataError(
+            f"{path}: refused to load {exc}, which a CIFAR-10 Python batch never holds (only dicts, lists, "
+            f"bytes, ints and numpy arrays); the file may be crafted to run code. {official}"
+        ) from None
+    except Exception as exc:  # truncated or garbled pickles raise a wide range of types
+        raise ValueError(
+            f"{path} cannot be read as a CIFAR-10 Python batch ({type(exc).__name__}: {exc}). {official}"
+        ) from exc
+    if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
+        found = list(batch) if isinstance(batch, dict) else type(batch).__name__
+        raise ValueError(f"{path}: expected a dict with b'data' and b'labels', got {found}. {official}")
+    data, labels = batch[b"data"], batch[b"labels"]
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+        what = f"{data.dtype} array {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
+        raise ValueError(f"{path}: expected data as a uint8 array (N, 3072), got {what}. {official}")
+    if not isinstance(labels, list) or len(labels) != data.shape[0] or not all(
+        isinstance(y, int) and 0 <= y < 10 for y in labels
+    ):
+        raise ValueError(f"{path}: expected {data.shape[0]} labels, integers 0-9 (one per image). {official}")
+    return batch
+
+
 @register("lra_image")
 class LRAImage(FileTask):
     """LRA Image: CIFAR-10 as a sequence of 1024 grey pixels, from the local Python batches."""
@@ -267,14 +355,8 @@ class LRAImage(FileTask):
         names = ["test_batch"] if split == "test" else CIFAR_TRAIN
         examples = []
         for name in names:
-            with (base / name).open("rb") as f:
-                batch = pickle.load(f, encoding="bytes")
-            data = np.asarray(batch[b"data"], dtype=np.uint8)
-            labels = batch[b"labels"]
-            if data.ndim != 2 or data.shape[1] != 3072 or len(labels) != data.shape[0]:
-                raise ValueError(
-                    f"{base / name}: expected data (N, 3072) and N labels, got {data.shape}, {len(labels)}"
-                )
+            batch = read_cifar_batch(base / name)
+            data, labels = batch[b"data"], batch[b"labels"]
             rgb = data.reshape(-1, 3, 1024).astype(np.float64)  # (N, channel, pixel), rows of 32
             if self.config.grayscale:
                 pixels = np.round(rgb[:, 0] * 0.299 + rgb[:, 1] * 0.587 + rgb[:, 2] * 0.114)

@@ -8,17 +8,18 @@ metrics; it exits 1 when the runs did not log the same steps.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
+
+from longarena.jsonl import read_records
 
 
 def read_metrics(run: str | Path) -> list[dict[str, Any]]:
     path = Path(run) / "metrics.jsonl"
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: is {run} a run folder of `longarena train --out`?")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return read_records(path)
 
 
 def compare(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> dict[str, Any]:
@@ -44,7 +45,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("run_a")
     parser.add_argument("run_b")
     args = parser.parse_args(argv)
-    result = compare(read_metrics(args.run_a), read_metrics(args.run_b))
+    try:
+        result = compare(read_metrics(args.run_a), read_metrics(args.run_b))
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(f"steps compared       {result['steps']} (same steps logged: {result['same_steps']})")
     print(f"train loss rel. gap  max {result['max_rel_gap']:.2e}, mean {result['mean_rel_gap']:.2e}")
     if result["last_loss"]:

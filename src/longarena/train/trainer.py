@@ -41,8 +41,9 @@ from torch import Tensor, nn
 
 import longarena
 from longarena import models
-from longarena.atomic import write_text
+from longarena.atomic import temporary_name, write_text
 from longarena.config import ConfigError
+from longarena.jsonl import CorruptFileError, read_records
 from longarena.models.backbone import Block
 from longarena.tasks.base import Task
 from longarena.train import checkpoint
@@ -183,6 +184,7 @@ class RunFolder:
     def __init__(self, path: str | os.PathLike, *, main: bool, tensorboard: bool = False) -> None:
         self.path = Path(path)
         self.main = main
+        self._records: list[dict[str, Any]] | None = None  # metrics.jsonl of the run resumed
         self._metrics = None
         self._tb = None
         if tensorboard:
@@ -201,9 +203,14 @@ class RunFolder:
         if not path.is_file():
             return None
         try:
-            return json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise ResumeError(f"{path} is not valid JSON ({exc.msg}); this run folder cannot be resumed") from exc
+            meta = json.loads(path.read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ResumeError(f"{path} is not valid JSON ({exc}); this run folder cannot be resumed") from exc
+        if not isinstance(meta, dict):
+            raise ResumeError(
+                f"{path} holds a JSON {type(meta).__name__}, expected an object; this run folder cannot be resumed"
+            )
+        return meta
 
     def check(self, run_config: dict[str, Any], resume: bool) -> list[str]:
         """Refuse what cannot work before anything is written; returns changed keys on resume."""
@@ -217,6 +224,12 @@ class RunFolder:
         if saved is None:
             raise ResumeError(f"nothing to resume in {self.path}: it has no {CONFIG_FILE}")
         check_version(saved, self.path)
+        metrics = self.path / METRICS_FILE
+        if metrics.is_file():
+            try:
+                self._records = read_records(metrics)
+            except CorruptFileError as exc:
+                raise ResumeError(f"{exc}; this run folder cannot be resumed until then") from exc
         conflicts = resume_conflicts(saved.get("run", {}), run_config)
         if conflicts:
             detail = ", ".join(f"{k} ({_get(saved.get('run', {}), k)!r} -> {_get(run_config, k)!r})" for k in conflicts)
@@ -229,17 +242,39 @@ class RunFolder:
         self.path.mkdir(parents=True, exist_ok=True)
         write_text(self.path / CONFIG_FILE, json.dumps(meta, indent=2))
         metrics = self.path / METRICS_FILE
-        if resume_step is not None and metrics.exists():
+        if resume_step is not None and self._records is not None:
             # lines written after the checkpoint by the killed run are replayed by this one, and
             # a finished run resumed to train longer gets a new final line
-            records = [(line, json.loads(line)) for line in metrics.read_text().splitlines() if line.strip()]
-            kept = [line for line, r in records if r.get("step", 0) <= resume_step and not r.get("final")]
-            write_text(metrics, "".join(line + "\n" for line in kept))
+            kept = [r for r in self._records if r.get("step", 0) <= resume_step and not r.get("final")]
+            write_text(metrics, "".join(json.dumps(r) + "\n" for r in kept))
         elif resume_step is None and metrics.exists():
             metrics.unlink()
         self._metrics = metrics.open("a")
         if self.tensorboard:
             self._tb = self._tb_class(str(self.path / "tensorboard"))
+
+    def refuse_lost_checkpoint(self) -> None:
+        """Called when a resume finds no checkpoint: refuse if the metrics show one was completed
+        (the run trained past its first checkpoint step, or finished), rather than restart the
+        run from step 0 and drop its record. A run killed before its first checkpoint passes."""
+        records = self._records or []
+        steps = [r["step"] for r in records if type(r.get("step")) is int]
+        if not steps:
+            return
+        last = max(steps)
+        every = _get(self.saved() or {}, "run.train.checkpoint_every")
+        if any(r.get("final") for r in records):
+            why = "the run finished, which saves a checkpoint"
+        elif isinstance(every, int) and 0 < every < last:
+            why = f"a checkpoint was saved at step {every} (checkpoint_every)"
+        else:
+            return
+        raise ResumeError(
+            f"{self.path}: {METRICS_FILE} records training to step {last} and {why}, but no checkpoint "
+            f"is left (checkpoint/ and checkpoint-<step>/ are gone); resuming would restart from step 0. "
+            f"Restore the checkpoint folder, or start a new run folder (or delete {METRICS_FILE} to train "
+            f"this one again from step 0)"
+        )
 
     def log(self, record: dict[str, Any]) -> None:
         if self._metrics is None:
@@ -255,7 +290,7 @@ class RunFolder:
         """Write the final weights (the model's full state dict) and results."""
         if not self.main:
             return
-        tmp = self.path / f".{WEIGHTS_FILE}.tmp"
+        tmp = temporary_name(self.path / WEIGHTS_FILE)
         save_file(checkpoint.tensors_for_saving(weights), str(tmp))
         os.replace(tmp, self.path / WEIGHTS_FILE)
         write_text(self.path / RESULTS_FILE, json.dumps(results, indent=2))
@@ -377,8 +412,9 @@ def fit(
         console.print(f"resuming with changed settings: {', '.join(changed)}")
 
     model.to(acc.device).train()
-    ckpt_path = checkpoint.latest(run.path) if run is not None and resume else None
-    state = checkpoint.load(ckpt_path, rank) if ckpt_path is not None else None
+    ckpt_path, state = checkpoint.load_latest(run.path, rank) if run is not None and resume else (None, None)
+    if run is not None and resume and state is None:
+        run.refuse_lost_checkpoint()
     if state is not None:
         model.load_state_dict(state["model"])
     groups = param_groups(model, config.weight_decay, (config.ssm_lr or config.lr) / config.lr)
