@@ -20,7 +20,7 @@ ROOT = "longarena"
 #: bottom to top; a package may import its own layer and those below it, never one above.
 #: ``longarena`` is the package root (``__version__``), the other ground-floor names are modules.
 LAYERS: list[set[str]] = [
-    {"longarena", "constants", "config", "registry", "atomic", "plotting"},
+    {"longarena", "constants", "config", "registry", "atomic", "jsonl", "plotting"},
     {"ops"},
     {"positions"},
     {"tasks"},
