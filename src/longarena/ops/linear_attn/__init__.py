@@ -21,7 +21,12 @@ import logging
 from torch import Tensor
 
 from longarena.ops.linear_attn.chunked import linear_attention_chunked
-from longarena.ops.linear_attn.reference import check_inputs, linear_attention_recurrent, linear_attention_step
+from longarena.ops.linear_attn.reference import (
+    MAX_HEAD_DIM,
+    check_inputs,
+    linear_attention_recurrent,
+    linear_attention_step,
+)
 
 __all__ = [
     "BACKENDS",
@@ -33,8 +38,6 @@ __all__ = [
 ]
 
 BACKENDS = ("reference", "chunked", "triton")
-#: the largest K and V the Triton kernels take (kept here so dispatch need not import Triton)
-TRITON_MAX_HEAD_DIM = 256
 
 _log = logging.getLogger(__name__)
 _warned: set[str] = set()
@@ -44,8 +47,8 @@ def _triton_refusal(q: Tensor, v: Tensor) -> str | None:
     """Why the Triton kernels cannot take these inputs, or None."""
     if importlib.util.find_spec("triton") is None:
         return "Triton is not installed"
-    if max(q.shape[-1], v.shape[-1]) > TRITON_MAX_HEAD_DIM:
-        return f"K={q.shape[-1]}, V={v.shape[-1]}: the kernels take up to {TRITON_MAX_HEAD_DIM}"
+    if max(q.shape[-1], v.shape[-1]) > MAX_HEAD_DIM:
+        return f"K={q.shape[-1]}, V={v.shape[-1]}: the kernels take up to {MAX_HEAD_DIM}"
     if v.dtype.is_floating_point and v.dtype.itemsize > 4:
         return f"{v.dtype} inputs: the kernels compute in float32 at most"
     return None

@@ -21,7 +21,17 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["check_inputs", "linear_attention_recurrent", "linear_attention_step", "step_log_decay"]
+__all__ = [
+    "MAX_HEAD_DIM",
+    "check_inputs",
+    "linear_attention_recurrent",
+    "linear_attention_step",
+    "step_log_decay",
+]
+
+#: the largest K and V the Triton kernels hold in registers (here so that dispatch can read it
+#: without importing Triton)
+MAX_HEAD_DIM = 256
 
 
 def check_inputs(

@@ -36,12 +36,12 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from longarena.ops.linear_attn.reference import MAX_HEAD_DIM
+
 __all__ = ["CHUNK", "MAX_HEAD_DIM", "linear_attention_triton"]
 
 #: tokens per chunk: the C x C intra-chunk products fill a tensor-core tile
 CHUNK = 64
-#: the largest K and V the kernels hold in registers
-MAX_HEAD_DIM = 256
 
 
 #: Triton's CPU interpreter multiplies bf16 operands wrongly (seen with Triton 3.9): under it
@@ -71,6 +71,34 @@ def _decays(gc_ptr, lg, bh, n, T, Tp, offs_c, DECAY: tl.constexpr, C: tl.constex
 
 
 @triton.jit
+def _state_tile(pid_k, pid_v, K, V, BK: tl.constexpr, BV: tl.constexpr):
+    """This program's (K block, V block) of a (K, V) state: row and column offsets, their
+    masks, and the block's offsets and mask inside one (K, V) matrix."""
+    offs_k = pid_k * BK + tl.arange(0, BK)
+    offs_v = pid_v * BV + tl.arange(0, BV)
+    mask_k, mask_v = offs_k < K, offs_v < V
+    kv = offs_k[:, None] * V + offs_v[None, :]  # (BK, BV)
+    return offs_k, offs_v, mask_k, mask_v, kv, mask_k[:, None] & mask_v[None, :]
+
+
+@triton.jit
+def _head_log_gamma(lg_ptr, h, DECAY: tl.constexpr):
+    """The head's fixed log decay (DECAY 1); unused otherwise."""
+    lg = 0.0
+    if DECAY == 1:
+        lg = tl.load(lg_ptr + h)
+    return lg
+
+
+@triton.jit
+def _load_state(ptr, bh, K, V, kv, mask_kv, PRESENT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
+    """A (BK, BV) fp32 block of state ``bh`` of a (B*H, K, V) tensor, or zeros when absent."""
+    if PRESENT:
+        return tl.load(ptr + bh * K * V + kv, mask=mask_kv, other=0.0).to(tl.float32)
+    return tl.zeros((BK, BV), dtype=tl.float32)
+
+
+@triton.jit
 def _state_fwd(
     k_ptr, v_ptr, gc_ptr, lg_ptr, h0_ptr, hs_ptr, hT_ptr,
     skb, skh, skt, svb, svh, svt,
@@ -81,18 +109,9 @@ def _state_fwd(
     pid_v, pid_k, bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
     b, h = bh // H, bh % H
     offs_c = tl.arange(0, C)
-    offs_k = pid_k * BK + tl.arange(0, BK)
-    offs_v = pid_v * BV + tl.arange(0, BV)
-    mask_k, mask_v = offs_k < K, offs_v < V
-    kv = offs_k[:, None] * V + offs_v[None, :]  # (BK, BV) offsets in a (K, V) matrix
-    mask_kv = mask_k[:, None] & mask_v[None, :]
-    lg = 0.0
-    if DECAY == 1:
-        lg = tl.load(lg_ptr + h)
-    if HAS_H0:
-        state = tl.load(h0_ptr + bh * K * V + kv, mask=mask_kv, other=0.0).to(tl.float32)
-    else:
-        state = tl.zeros((BK, BV), dtype=tl.float32)
+    offs_k, offs_v, mask_k, mask_v, kv, mask_kv = _state_tile(pid_k, pid_v, K, V, BK, BV)
+    lg = _head_log_gamma(lg_ptr, h, DECAY)
+    state = _load_state(h0_ptr, bh, K, V, kv, mask_kv, HAS_H0, BK, BV)
     k_base = k_ptr + b * skb + h * skh
     v_base = v_ptr + b * svb + h * svh
     for n in range(0, N):
@@ -139,9 +158,7 @@ def _output_fwd(
         scores = tl.where(causal, scores, 0.0)
         q_in = q
     else:
-        lg = 0.0
-        if DECAY == 1:
-            lg = tl.load(lg_ptr + h)
+        lg = _head_log_gamma(lg_ptr, h, DECAY)
         c, g_total = _decays(gc_ptr, lg, bh, n, T, Tp, offs_c, DECAY, C)
         scores = scores * tl.exp(tl.where(causal, c[:, None] - c[None, :], float("-inf")))
         q_in = (q.to(tl.float32) * tl.exp(c)[:, None]).to(q.dtype)
@@ -162,18 +179,9 @@ def _state_bwd(
     pid_v, pid_k, bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
     b, h = bh // H, bh % H
     offs_c = tl.arange(0, C)
-    offs_k = pid_k * BK + tl.arange(0, BK)
-    offs_v = pid_v * BV + tl.arange(0, BV)
-    mask_k, mask_v = offs_k < K, offs_v < V
-    kv = offs_k[:, None] * V + offs_v[None, :]
-    mask_kv = mask_k[:, None] & mask_v[None, :]
-    lg = 0.0
-    if DECAY == 1:
-        lg = tl.load(lg_ptr + h)
-    if HAS_DHT:
-        dstate = tl.load(dhT_ptr + bh * K * V + kv, mask=mask_kv, other=0.0).to(tl.float32)
-    else:
-        dstate = tl.zeros((BK, BV), dtype=tl.float32)
+    offs_k, offs_v, mask_k, mask_v, kv, mask_kv = _state_tile(pid_k, pid_v, K, V, BK, BV)
+    lg = _head_log_gamma(lg_ptr, h, DECAY)
+    dstate = _load_state(dhT_ptr, bh, K, V, kv, mask_kv, HAS_DHT, BK, BV)
     q_base = q_ptr + b * sqb + h * sqh
     do_base = do_ptr + b * sdb + h * sdh
     for i in range(0, N):
@@ -221,9 +229,7 @@ def _grads(
         to_end = tl.where(mask_t, 1.0, 0.0)
         g_total = 0.0
     else:
-        lg = 0.0
-        if DECAY == 1:
-            lg = tl.load(lg_ptr + h)
+        lg = _head_log_gamma(lg_ptr, h, DECAY)
         c, g_total = _decays(gc_ptr, lg, bh, n, T, Tp, offs_c, DECAY, C)
         pair = tl.exp(tl.where(causal, c[:, None] - c[None, :], float("-inf")))
         from_start = tl.exp(c)
