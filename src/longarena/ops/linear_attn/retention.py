@@ -34,6 +34,7 @@ from longarena.ops.linear_attn import (
     linear_attention_recurrent,
     linear_attention_step,
 )
+from longarena.ops.linear_attn.reference import check_inputs
 
 __all__ = [
     "BACKENDS",
@@ -51,24 +52,8 @@ def default_gammas(n_heads: int) -> Tensor:
     return 1.0 - 2.0 ** (-5.0 - torch.arange(n_heads, dtype=torch.float64))
 
 
-def _check(q: Tensor, k: Tensor, v: Tensor, gamma: Tensor, state: Tensor | None) -> None:
-    if q.dim() != 4 or k.shape != q.shape or v.dim() != 4 or v.shape[:3] != q.shape[:3]:
-        raise ValueError(
-            "retention expects q, k: (B, H, T, K) and v: (B, H, T, V) with equal B, H, T; got "
-            f"q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}"
-        )
-    b, h, _, dk = q.shape
-    if gamma.shape != (h,):
-        raise ValueError(f"gamma must have shape (H,) = ({h},), got {tuple(gamma.shape)}")
-    if state is not None and state.shape != (b, h, dk, v.shape[-1]):
-        raise ValueError(
-            f"retention state must have shape (B, H, K, V) = {(b, h, dk, v.shape[-1])}, got {tuple(state.shape)}"
-        )
-
-
 def retention_recurrent(q: Tensor, k: Tensor, v: Tensor, gamma: Tensor, state: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """The recurrence token by token: the readable specification (:mod:`.reference`). Returns (o, S_last)."""
-    _check(q, k, v, gamma, state)
     return linear_attention_recurrent(q, k, v, gamma=gamma, state=state)
 
 
@@ -80,7 +65,7 @@ def retention_step(q_t: Tensor, k_t: Tensor, v_t: Tensor, gamma: Tensor, state: 
 
 def retention_parallel(q: Tensor, k: Tensor, v: Tensor, gamma: Tensor, state: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """``(Q K^T * D) V`` with the decay mask ``D: (H, T, T)``; O(T^2). Returns (o, S_last)."""
-    _check(q, k, v, gamma, state)
+    check_inputs(q, k, v, gamma, None, state)
     t = q.shape[2]
     log_g = gamma.double().log()  # (H,)
     pos = torch.arange(t, device=q.device)
@@ -106,7 +91,6 @@ def retention_chunkwise(
     q: Tensor, k: Tensor, v: Tensor, gamma: Tensor, state: Tensor | None = None, *, chunk_size: int = 64
 ) -> tuple[Tensor, Tensor]:
     """Parallel within chunks of ``chunk_size`` tokens, recurrent across them (:mod:`.chunked`)."""
-    _check(q, k, v, gamma, state)
     return linear_attention_chunked(q, k, v, gamma=gamma, state=state, chunk_size=chunk_size)
 
 
@@ -125,7 +109,6 @@ def retention(
 ) -> tuple[Tensor, Tensor]:
     """Retention through the named form: ``reference`` (the loop), ``parallel``, ``chunked``
     or ``triton`` (:mod:`longarena.ops.linear_attn`'s kernels); ``auto`` as there."""
-    _check(q, k, v, gamma, state)
     if backend == "parallel":
         return retention_parallel(q, k, v, gamma, state)
     if backend not in ("auto", *BACKENDS):
