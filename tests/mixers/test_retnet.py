@@ -2,20 +2,41 @@
 
 from __future__ import annotations
 
-import pytest
-import torch
-import torch.nn.functional as F
+import os
 
-from longarena import mixers
-from longarena.config import ConfigError
-from longarena.mixers.retnet import RetNetConfig
-from longarena.testing import check_mixer
-from longarena.testing.conformance import rel_error
+import torch
+
+# Triton reads TRITON_INTERPRET when it is imported: without CUDA its kernels run interpreted
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from longarena import mixers  # noqa: E402
+from longarena.config import ConfigError  # noqa: E402
+from longarena.mixers.retnet import RetNetConfig  # noqa: E402
+from longarena.testing import check_mixer  # noqa: E402
+from longarena.testing.conformance import rel_error  # noqa: E402
 
 
 def test_retnet_conformance_all_forms():
     """Lists reference (recurrent), parallel and chunked, so ``backends`` compares all three."""
     check_mixer(lambda: mixers.get("retnet", 32, n_heads=4, chunk_size=8), long_len=16384)
+
+
+def test_retnet_triton_backend_matches_its_reference():
+    """Output, state, every gradient, and a second chunk from the reference state, on the
+    kernels (interpreted on CPU): T = 70 spans two chunks of 64 and fills neither."""
+    pytest.importorskip("triton")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    check_mixer(
+        lambda: mixers.get("retnet", 32, n_heads=2, backend="triton"),
+        checks=("backends",),
+        seq_len=70,
+        device=device,
+        tolerance={torch.float32: 1e-4, torch.bfloat16: 5e-2},
+    )
 
 
 def test_retnet_conformance_default_chunk_and_custom_decays():
